@@ -1,0 +1,126 @@
+"""Analytic surfaces with exact depth and normals, for tests, demos and figures.
+
+Pixel grid: OpenCV image coordinates, ``u`` = column (right), ``v`` = row (down), pixel
+centres at integer coordinates. Normals follow the package convention (+x right, +y up,
++z towards the camera). **Depth** is the distance along the viewing axis, positive and
+growing away from the camera (``depth = -z`` of the camera-space point).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Intrinsics", "Surface", "orthographic_sphere", "perspective_sphere", "plane"]
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels (OpenCV ``K``: u = fx * X / Z + cx, v = fy * Y / Z + cy
+    with OpenCV's Y down and Z forward)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def centred(cls, size: int, fov_deg: float) -> Intrinsics:
+        """Square image of ``size`` pixels, principal point at the centre."""
+        f = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
+        c = (size - 1) / 2
+        return cls(f, f, c, c)
+
+
+@dataclass
+class Surface:
+    """A rendered analytic surface.
+
+    Attributes:
+        depth: float64 ``(H, W)``, 0 outside the mask.
+        normals: float32 ``(H, W, 3)`` unit normals, (0, 0, 0) outside the mask.
+        mask: bool ``(H, W)``.
+    """
+
+    depth: np.ndarray
+    normals: np.ndarray
+    mask: np.ndarray
+
+
+def _grid(size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = (size, size) if np.isscalar(size) else size
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    return u, v
+
+
+def orthographic_sphere(
+    size: int | tuple[int, int],
+    radius: float | None = None,
+    center: tuple[float, float] | None = None,
+    distance: float | None = None,
+) -> Surface:
+    """A sphere seen by an orthographic camera, in pixel units.
+
+    Args:
+        size: image side, or ``(H, W)``.
+        radius: in pixels (default: 40% of the smaller side).
+        center: ``(u, v)`` of the sphere's centre (default: image centre).
+        distance: depth of the sphere's centre (default: ``3 * radius``).
+    """
+    u, v = _grid(size)
+    h, w = u.shape
+    r = 0.4 * min(h, w) if radius is None else float(radius)
+    cu, cv = ((w - 1) / 2, (h - 1) / 2) if center is None else center
+    d0 = 3.0 * r if distance is None else float(distance)
+    x, y = u - cu, -(v - cv)
+    inside = x**2 + y**2 < r**2
+    height = np.sqrt(np.clip(r**2 - x**2 - y**2, 0.0, None))
+    normals = np.stack([x, y, height], axis=-1) / r
+    normals[~inside] = 0.0
+    depth = np.where(inside, d0 - height, 0.0)
+    return Surface(depth, normals.astype(np.float32), inside)
+
+
+def perspective_sphere(
+    size: int | tuple[int, int], intrinsics: Intrinsics, radius: float, distance: float
+) -> Surface:
+    """A sphere of ``radius`` centred on the optical axis at ``distance``, pinhole camera.
+
+    Depth is the z-depth (along the optical axis) of the first ray hit, in the units of
+    ``radius``.
+    """
+    u, v = _grid(size)
+    # Ray directions in our camera frame (y up, z towards the viewer), scaled to z = -1.
+    d = np.stack([(u - intrinsics.cx) / intrinsics.fx,
+                  -(v - intrinsics.cy) / intrinsics.fy,
+                  -np.ones_like(u)], axis=-1)
+    c = np.array([0.0, 0.0, -distance])
+    # |t d - c|^2 = r^2  ->  t^2 (d.d) - 2 t (d.c) + (c.c - r^2) = 0; the nearer root.
+    a = (d * d).sum(-1)
+    b = (d @ c)
+    disc = b**2 - a * (c @ c - radius**2)
+    inside = disc > 0
+    t = (b - np.sqrt(np.clip(disc, 0.0, None))) / a
+    points = t[..., None] * d
+    normals = (points - c) / radius
+    normals[~inside] = 0.0
+    depth = np.where(inside, t, 0.0)  # z-depth: points have z = -t
+    return Surface(depth, normals.astype(np.float32), inside)
+
+
+def plane(
+    size: int | tuple[int, int], slope: tuple[float, float] = (0.3, -0.2), offset: float = 100.0
+) -> Surface:
+    """An orthographic tilted plane ``depth = offset + sx * u + sy * v`` (pixel units).
+
+    Its normal is constant: with height ``z = -depth`` over ``(x, y) = (u, -v)``,
+    n is proportional to ``(sx, -sy, 1)``.
+    """
+    u, v = _grid(size)
+    sx, sy = slope
+    depth = offset + sx * u + sy * v
+    n = np.array([sx, -sy, 1.0])
+    n /= np.linalg.norm(n)
+    normals = np.broadcast_to(n, u.shape + (3,)).astype(np.float32).copy()
+    return Surface(depth, normals, np.ones(u.shape, dtype=bool))
