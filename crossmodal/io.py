@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import OpenEXR
 
 from .errors import InputError
+from .fileutil import atomic_write
 from .normals import (
     check_normals,
     decode_rgb,
@@ -39,6 +39,7 @@ __all__ = [
     "ENCODINGS",
     "IMAGE_SUFFIXES",
     "NORMAL_SUFFIXES",
+    "quantize",
     "read_image",
     "read_mask",
     "read_normals",
@@ -63,24 +64,6 @@ PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Create ``path``'s folder, let ``write`` fill a temporary sibling, then rename it.
-
-    The temporary name keeps the suffix (writers pick the format from it) and is created by
-    ``write`` itself rather than ``mkstemp``, so the final file gets the usual umask
-    permissions instead of mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -110,7 +93,7 @@ def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"{path}: unsupported pixel type {image.dtype}; save it as 8- or 16-bit")
 
 
-def _quantise(image: np.ndarray, bits: int) -> np.ndarray:
+def quantize(image: np.ndarray, bits: int = 8) -> np.ndarray:
     """float in [0, 1] (clipped, NaN -> 0) or uint8/uint16 -> uint8 or uint16 of ``bits``."""
     image = np.asarray(image)
     if image.dtype in (np.uint8, np.uint16):
@@ -126,7 +109,7 @@ def _quantise(image: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _encode_raster(path: Path, image: np.ndarray) -> Callable[[Path], None]:
-    """A writer for :func:`_atomic_write` of an RGB or grey integer image (PNG/JPEG)."""
+    """A writer for :func:`atomic_write` of an RGB or grey integer image (PNG/JPEG)."""
 
     def write(tmp: Path) -> None:
         bgr = image[..., ::-1] if image.ndim == 3 else image
@@ -192,7 +175,7 @@ def write_image(path: PathLike, image: np.ndarray, *, bits: int = 8) -> Path:
         image = image[..., 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
         raise InputError(f"{path}: image must be (H, W, 3) or (H, W), got {image.shape}")
-    return _atomic_write(path, _encode_raster(path, _quantise(image, bits)))
+    return atomic_write(path, _encode_raster(path, quantize(image, bits)))
 
 
 # --------------------------------------------------------------------------- masks
@@ -232,7 +215,7 @@ def write_mask(path: PathLike, mask: np.ndarray) -> Path:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise InputError(f"{path}: mask must be (H, W), got {mask.shape}")
-    return _atomic_write(path, _encode_raster(path, _binarise(mask).astype(np.uint8) * 255))
+    return atomic_write(path, _encode_raster(path, _binarise(mask).astype(np.uint8) * 255))
 
 
 # --------------------------------------------------------------------------- normals
@@ -420,17 +403,17 @@ def write_normals(
                   _EXR_CONVENTION: conv.name, _EXR_ENCODING: enc}
         channels = {c: np.ascontiguousarray(stored[..., i], dtype=np.float32)
                     for i, c in enumerate("RGB")}
-        return _atomic_write(path, lambda tmp: OpenEXR.File(header, channels).write(str(tmp)))
+        return atomic_write(path, lambda tmp: OpenEXR.File(header, channels).write(str(tmp)))
 
     if suffix == ".png":
-        _atomic_write(path, _encode_raster(path, _quantise(stored, 16)))
+        atomic_write(path, _encode_raster(path, quantize(stored, 16)))
     else:
         def save(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a handle, so numpy does not append another .npy
                 np.save(f, stored.astype(np.float32, copy=False))
 
-        _atomic_write(path, save)
+        atomic_write(path, save)
     meta = {"format": _SIDECAR_FORMAT, "version": _SIDECAR_VERSION, "convention": conv.name,
             "encoding": enc}
-    _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return path

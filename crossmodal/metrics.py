@@ -144,6 +144,13 @@ def _mask_from_numpy(m, maps_ndim: int | None, device: torch.device | None):
     return t if device is None else t.to(device)
 
 
+def _masked_extreme(err: torch.Tensor, valid: torch.Tensor, reduce, empty: float):
+    """``reduce`` (amin/amax) of the valid float64 errors as a ``(1,)`` tensor; ``empty``
+    (the reduction's identity) when there are none, including an empty batch."""
+    values = err.double().masked_fill(~valid, empty).flatten()
+    return reduce(torch.cat([values, values.new_full((1,), empty)])).view(1)
+
+
 class AngularErrorMeter:
     """Streaming accumulator of angular-error statistics; never stores per-pixel errors.
 
@@ -151,7 +158,8 @@ class AngularErrorMeter:
     float64 error sum, exact pooled counts below each threshold (strict ``<``), and a
     histogram of errors over [0, 180] in bins of ``bin_width`` degrees from which the
     pooled median is interpolated (so it is exact to within ``bin_width``; 0.01 degrees
-    by default is 18,000 int64 bins).
+    by default is 18,000 int64 bins), clamped to the exact pooled minimum and maximum so
+    that a constant error (zero, say) has exactly that median.
 
     Args:
         thresholds: degrees for the "below" percentages, keyed ``f"{t:g}"``.
@@ -182,6 +190,8 @@ class AngularErrorMeter:
         self.below = [0] * len(self.thresholds)
         self.n_excluded_pred = 0
         self.n_empty_images = 0
+        self.error_min = math.inf
+        self.error_max = -math.inf
         self._hist: torch.Tensor | None = None  # int64 (n_bins,), allocated on first use
 
     def _hist_add(self, counts: torch.Tensor) -> None:
@@ -216,6 +226,8 @@ class AngularErrorMeter:
             valid.sum(dim=(1, 2)).double(),
             below.double(),
             excluded.sum().double().view(1),
+            _masked_extreme(err, valid, torch.amin, math.inf),
+            _masked_extreme(err, valid, torch.amax, -math.inf),
         ]).cpu().tolist()
         b, t = err.shape[0], len(self.thresholds)
         for s, n in zip(small[:b], small[b:2 * b], strict=True):
@@ -227,7 +239,9 @@ class AngularErrorMeter:
             self.error_sum += s
         below_counts = small[2 * b:2 * b + t]
         self.below = [c + int(x) for c, x in zip(self.below, below_counts, strict=True)]
-        self.n_excluded_pred += int(small[-1])
+        self.n_excluded_pred += int(small[-3])
+        self.error_min = min(self.error_min, small[-2])
+        self.error_max = max(self.error_max, small[-1])
 
         # Invalid pixels go to an overflow bin that is dropped.
         idx = (err.double() / self.bin_width).long().clamp_(0, self.n_bins - 1)
@@ -250,7 +264,7 @@ class AngularErrorMeter:
 
         n = self.n_pixels
         median = (order_statistic((n + 1) // 2) + order_statistic(n // 2 + 1)) / 2.0
-        return min(median, 180.0)
+        return min(max(median, self.error_min), self.error_max)
 
     def summary(self) -> dict:
         """The §6 metrics (see the module docstring); NaN values when nothing is valid."""
@@ -284,6 +298,8 @@ class AngularErrorMeter:
         self.below = [a + b for a, b in zip(self.below, other.below, strict=True)]
         self.n_excluded_pred += other.n_excluded_pred
         self.n_empty_images += other.n_empty_images
+        self.error_min = min(self.error_min, other.error_min)
+        self.error_max = max(self.error_max, other.error_max)
         if other._hist is not None:
             self._hist_add(other._hist)
         return self
@@ -310,8 +326,11 @@ class AngularErrorMeter:
             hist.cpu(),
         ]).to(device)
         total = torch.tensor([self.error_sum], dtype=torch.float64, device=device)
+        extremes = torch.tensor([-self.error_min, self.error_max], dtype=torch.float64,
+                                device=device)
         dist.all_reduce(counts, group=group)
         dist.all_reduce(total, group=group)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=group)
         lists: list = [None] * dist.get_world_size(group)
         dist.all_gather_object(lists, self.image_means, group=group)
 
@@ -320,6 +339,7 @@ class AngularErrorMeter:
         self.n_pixels, self.n_excluded_pred, self.n_empty_images = head[:3]
         self.below = head[3:]
         self.error_sum = float(total.item())
+        self.error_min, self.error_max = -float(extremes[0]), float(extremes[1])
         self.image_means = [m for part in lists for m in part]
         self._hist = counts[3 + t:].to(self.device or hist.device)
         return self
@@ -336,6 +356,8 @@ class AngularErrorMeter:
             "below": list(self.below),
             "n_excluded_pred": self.n_excluded_pred,
             "n_empty_images": self.n_empty_images,
+            "error_min": self.error_min,
+            "error_max": self.error_max,
             "hist": hist,
         }
 
@@ -350,6 +372,8 @@ class AngularErrorMeter:
         self.below = [int(c) for c in state["below"]]
         self.n_excluded_pred = int(state["n_excluded_pred"])
         self.n_empty_images = int(state["n_empty_images"])
+        self.error_min = float(state["error_min"])
+        self.error_max = float(state["error_max"])
         self._hist = torch.tensor(state["hist"], dtype=torch.int64, device=self.device)
 
 

@@ -155,6 +155,15 @@ def test_median_within_bin_width():
     assert s["median"] == pytest.approx(5.0, abs=0.5)
 
 
+def test_median_of_a_constant_error_is_exact():
+    # The histogram alone would say "somewhere in [0, 0.01)"; the exact pooled extremes
+    # pin a perfect prediction's median to 0 and a constant error's to its value.
+    target = torch.zeros(2, 3, 4, 4)
+    target[:, 2] = 1.0
+    assert summarize(target, target.clone())["median"] == 0.0
+    assert summarize(*pair([12.345] * 5))["median"] == pytest.approx(12.345, abs=1e-9)
+
+
 def random_batch(seed, b=3, h=6, w=5):
     gen = torch.Generator().manual_seed(seed)
     pred = torch.randn(b, 3, h, w, generator=gen)

@@ -1,0 +1,173 @@
+"""Relighting a normal map: Lambert diffuse plus Blinn-Phong specular.
+
+Seeds 001 and 002 use normal maps for relighting and appearance editing: a renderer only
+needs the normal at each pixel to tell how much light it reflects. :func:`shade` is that
+renderer for an orthographic camera looking along -z (the viewer sits at +z), in our
+camera frame (+x right, +y up, +z towards the camera); :func:`relight_views` renders one
+normal map under a ring of lights, to see its shape at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..normals import normalize
+
+__all__ = ["Light", "relight_views", "shade"]
+
+
+def _unit(vector, what: str) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float64)
+    length = np.linalg.norm(vector) if vector.shape == (3,) else 0.0
+    if not (np.isfinite(length) and length > 0):
+        raise InputError(f"{what} must be a finite non-zero 3-vector, got {vector.tolist()}")
+    return vector / length
+
+
+@dataclass(frozen=True)
+class Light:
+    """A directional light.
+
+    Attributes:
+        direction: from the surface towards the light, in our camera frame; stored
+            normalised (``Light((0, 0, 2)).direction == (0.0, 0.0, 1.0)``). (0, 0, 1) is
+            a light at the camera.
+        color: linear RGB of the light.
+        intensity: scale applied to ``color``.
+    """
+
+    direction: tuple[float, float, float]
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    intensity: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Frozen: the normalised direction is written once, here.
+        unit = _unit(self.direction, "light direction")
+        object.__setattr__(self, "direction", tuple(float(x) for x in unit))
+        if np.shape(self.color) != (3,):
+            raise InputError(f"light color must be 3 floats (RGB), got {self.color}")
+        object.__setattr__(self, "color", tuple(float(x) for x in self.color))
+
+
+def shade(
+    normals: np.ndarray,
+    lights: Light | Sequence[Light],
+    *,
+    albedo: float | np.ndarray | None = None,
+    ambient: float = 0.1,
+    specular: float = 0.0,
+    shininess: float = 32.0,
+    mask: np.ndarray | None = None,
+    view: tuple[float, float, float] = (0.0, 0.0, 1.0),
+) -> np.ndarray:
+    """Render a normal map under directional lights (seeds 001/002).
+
+    Each valid pixel gets::
+
+        ambient * albedo + sum over lights of intensity * color * (
+            albedo * max(n.l, 0) + specular * max(n.h, 0) ** shininess * [n.l > 0])
+
+    with ``h = normalize(l + view)`` the Blinn-Phong half vector. The specular term is
+    white (not multiplied by albedo) and switched off for a light behind the surface.
+
+    Args:
+        normals: ``(H, W, 3)`` normals in our frame; renormalised, zero vectors invalid.
+        lights: one :class:`Light` or a sequence of them.
+        albedo: diffuse reflectance: a scalar, an RGB ``(3,)`` or an ``(H, W, 3)`` image
+            (default 1).
+        ambient: ambient light, scaled by albedo.
+        specular: specular weight (0 for a purely Lambertian surface).
+        shininess: Blinn-Phong exponent.
+        mask: optional ``(H, W)`` mask; pixels outside it are invalid.
+        view: direction from the surface to the viewer (orthographic: the same for
+            every pixel).
+
+    Returns:
+        float32 ``(H, W, 3)`` linear radiance, 0 at invalid pixels. Not clipped: several
+        or strong lights exceed 1, and clipping is the display's choice (callers clip
+        or tone-map before writing an image).
+
+    Raises:
+        InputError: normals not ``(H, W, 3)``, a mask or albedo of another shape, or a
+            zero view vector.
+    """
+    normals = np.asarray(normals)
+    if normals.ndim != 3 or normals.shape[-1] != 3:
+        raise InputError(f"normal map must be (H, W, 3), got shape {normals.shape}")
+    unit, valid = normalize(normals, mask)
+    unit = unit.astype(np.float64)
+    rho = _albedo(albedo, normals.shape)
+    view = _unit(view, "view direction")
+    lights = [lights] if isinstance(lights, Light) else list(lights)
+
+    out = ambient * np.broadcast_to(rho, normals.shape)
+    for light in lights:
+        l_dir = np.asarray(light.direction)
+        n_dot_l = unit @ l_dir
+        lit = n_dot_l > 0
+        radiance = light.intensity * np.asarray(light.color)
+        out = out + radiance * (rho * np.where(lit, n_dot_l, 0.0)[..., None])
+        half = l_dir + view
+        # A light exactly opposite the viewer has no half vector, and n.l > 0 there
+        # means the viewer sees the back of the surface: no highlight.
+        if specular and np.linalg.norm(half) > 1e-12:
+            n_dot_h = np.maximum(unit @ (half / np.linalg.norm(half)), 0.0)
+            highlight = specular * np.where(lit, n_dot_h**shininess, 0.0)
+            out = out + radiance * highlight[..., None]
+    return np.where(valid[..., None], out, 0.0).astype(np.float32)
+
+
+def _albedo(albedo, shape: tuple[int, ...]) -> np.ndarray:
+    """Albedo as an array that broadcasts against an ``(H, W, 3)`` image."""
+    if albedo is None:
+        return np.ones(3)
+    rho = np.asarray(albedo, dtype=np.float64)
+    if rho.shape not in ((), (3,), shape):
+        raise InputError(f"albedo must be a scalar, an RGB triple or an {shape} image, got "
+                         f"shape {rho.shape}")
+    return rho
+
+
+def relight_views(
+    normals: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    n: int = 4,
+    elevation_deg: float = 30.0,
+    albedo: float | np.ndarray | None = None,
+    **kw,
+) -> list[np.ndarray]:
+    """Render a normal map under ``n`` single lights circling the view axis.
+
+    Light ``k`` has azimuth ``phi = 360 k / n`` degrees, measured in the image plane
+    counter-clockwise from +x (image right) towards +y (image up), and elevation
+    ``e = elevation_deg`` above the image plane, i.e. direction
+    ``(cos e cos phi, cos e sin phi, sin e)``: light 0 comes from the right, and with
+    ``n = 4`` lights 1, 2, 3 from the top, left and bottom. ``e = 90`` is a light at the
+    camera.
+
+    Args:
+        normals, mask, albedo: as for :func:`shade`.
+        n: number of lights (images), at least 1.
+        elevation_deg: elevation of every light above the image plane, in degrees.
+        **kw: passed to :func:`shade` (``ambient``, ``specular``, ``shininess``, ``view``).
+
+    Returns:
+        ``n`` float32 ``(H, W, 3)`` images, unclipped, in the order of ``k``.
+
+    Raises:
+        InputError: ``n < 1``, or as :func:`shade`.
+    """
+    if n < 1:
+        raise InputError(f"relight_views needs at least one light, got n={n}")
+    e = np.radians(elevation_deg)
+    phis = 2 * np.pi * np.arange(n) / n
+    return [
+        shade(normals, Light((np.cos(e) * np.cos(phi), np.cos(e) * np.sin(phi), np.sin(e))),
+              albedo=albedo, mask=mask, **kw)
+        for phi in phis
+    ]
