@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Intrinsics", "Surface", "orthographic_sphere", "perspective_sphere", "plane"]
+__all__ = [
+    "Intrinsics", "Surface", "face_relief", "orthographic_sphere", "perspective_sphere", "plane",
+]
 
 
 @dataclass(frozen=True)
@@ -124,3 +126,48 @@ def plane(
     n /= np.linalg.norm(n)
     normals = np.broadcast_to(n, u.shape + (3,)).astype(np.float32).copy()
     return Surface(depth, normals, np.ones(u.shape, dtype=bool))
+
+
+# (u, v, amplitude, sigma_u, sigma_v) of the Gaussian features of :func:`face_relief`, in
+# units of the image width, v downwards; a negative amplitude is a hollow.
+_FACE_FEATURES = (
+    (0.0, 0.02, 0.10, 0.045, 0.11),  # nose
+    (-0.12, -0.08, -0.035, 0.06, 0.045),  # eye sockets
+    (0.12, -0.08, -0.035, 0.06, 0.045),
+    (0.0, -0.16, 0.025, 0.20, 0.035),  # brow ridge
+    (-0.15, 0.10, 0.025, 0.07, 0.07),  # cheeks
+    (0.15, 0.10, 0.025, 0.07, 0.07),
+    (0.0, 0.22, 0.02, 0.08, 0.025),  # lips
+)
+
+
+def face_relief(size: int, distance: float | None = None) -> Surface:
+    """A face-like orthographic relief with exact normals: a half-ellipsoid head with
+    Gaussian nose, eye sockets, brow ridge, cheeks and lips (pixel units).
+
+    Height ``h(x, y)`` (towards the camera) is analytic, so its normal
+    ``(-dh/dx, -dh/dy, 1) / |.|`` is exact; depth is ``distance - h``.
+    """
+    u, v = _grid(size)
+    c = (size - 1) / 2
+    a, b, thickness = 0.34 * size, 0.44 * size, 0.30 * size
+    x, y = u - c, -(v - c)
+    r2 = (x / a) ** 2 + (y / b) ** 2
+    inside = r2 < 1.0
+    root = np.sqrt(np.clip(1.0 - r2, 1e-12, None))
+    h = thickness * root
+    hx = -thickness * x / (a**2 * root)
+    hy = -thickness * y / (b**2 * root)
+    for fu, fv, amp, su, sv in _FACE_FEATURES:
+        dx, dy = x - fu * size, y + fv * size
+        su, sv = su * size, sv * size
+        g = amp * size * np.exp(-0.5 * ((dx / su) ** 2 + (dy / sv) ** 2))
+        h += g
+        hx -= g * dx / su**2
+        hy -= g * dy / sv**2
+    normals = np.stack([-hx, -hy, np.ones_like(h)], axis=-1)
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    normals[~inside] = 0.0
+    d0 = 2.0 * thickness if distance is None else float(distance)
+    depth = np.where(inside, d0 - h, 0.0)
+    return Surface(depth, normals.astype(np.float32), inside)

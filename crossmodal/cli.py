@@ -1,0 +1,55 @@
+"""The ``crossmodal`` command line (DESIGN.md §5).
+
+Each command lives in a module of :mod:`crossmodal.commands` exposing
+``register(subparsers)``, which adds its parser(s) and sets ``func`` to a callable taking
+the parsed arguments and returning an exit status. User mistakes
+(:class:`~crossmodal.errors.CrossmodalError`) end in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import CrossmodalError
+
+#: Command modules, in the order ``--help`` lists them.
+COMMAND_MODULES = ("crossmodal.commands.normal_tools",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossmodal",
+        description="Face surface normals from single images (Cross-modal Deep Face "
+        "Normals, CVPR 2020): tools for normal maps, training, evaluation and inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"crossmodal {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except CrossmodalError as exc:
+        print(f"crossmodal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossmodal: interrupted", file=sys.stderr)
+        return 130
