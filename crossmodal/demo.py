@@ -77,18 +77,20 @@ def run(out: Path, size: int = 256) -> dict:
     }
 
     # 4. Relighting; the first view colours the mesh.
-    views = geometry.relight_views(face.normals, face.mask, n=4, specular=0.15)
+    views = geometry.relight_views(face.normals, face.mask, n=4, elevation_deg=45.0,
+                                    albedo=0.8, specular=0.15)
     for k, view in enumerate(views):
         io.write_image(out / f"relit_{k}.png", np.clip(view, 0.0, 1.0))
     mesh = geometry.depth_to_mesh(depth, face.mask, normals=face.normals,
                                   colors=np.clip(views[0], 0.0, 1.0))
     geometry.write_mesh(out / "relief.obj", mesh)
 
-    depth_vis = np.where(face.mask, (np.nan_to_num(depth) - np.nanmin(depth)) /
-                         max(float(np.nanmax(depth) - np.nanmin(depth)), 1e-9), 1.0)
+    # Near is bright; the white background stays apart from the nearest point (0.9).
+    span = max(float(np.nanmax(depth) - np.nanmin(depth)), 1e-9)
+    depth_vis = np.where(face.mask, 0.9 - 0.75 * (depth - np.nanmin(depth)) / span, 1.0)
     tiles = [viz.normals_to_rgb(face.normals), viz.normals_to_rgb(from_depth, valid),
              viz.error_to_rgb(errors[0].numpy(), err_valid[0].numpy(), vmax=5.0),
-             1.0 - depth_vis, np.clip(views[0], 0, 1), np.clip(views[2], 0, 1)]
+             depth_vis, np.clip(views[0], 0, 1), np.clip(views[2], 0, 1)]
     labels = ["analytic normals", "normals from depth", "error (0-5 deg)",
               "integrated depth", "relit", "relit"]
     io.write_image(out / "panel.png", viz.panel(tiles, labels, ncols=3))

@@ -1,0 +1,41 @@
+"""Regenerate the README's figures: ``python docs/figures.py`` (writes docs/images/)."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from crossmodal import io, viz
+from crossmodal.normals import encode_rgb
+from crossmodal.shapes import orthographic_sphere
+
+OUT = Path(__file__).parent / "images"
+
+
+def convention_sphere(size: int = 192) -> np.ndarray:
+    """A sphere encoded as ``(n + 1) / 2`` in our convention, with its axes drawn, next to
+    the same sphere written by OpenCV-convention and seed-000 tools."""
+    sphere = orthographic_sphere(size)
+    ours = viz.normals_to_rgb(sphere.normals)
+    c, r = size // 2, int(0.4 * size)
+    for (dx, dy), label in (((1, 0), "+x"), ((0, -1), "+y")):
+        tip = (c + int(dx * r * 0.8), c + int(dy * r * 0.8))
+        cv2.arrowedLine(ours, (c, c), tip, (0, 0, 0), 2, cv2.LINE_AA, tipLength=0.15)
+        cv2.putText(ours, label, (tip[0] + 4 * dx - 8 * (dy != 0), tip[1] - 6 + 14 * (dx != 0)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.circle(ours, (c, c), 5, (0, 0, 0), 2, cv2.LINE_AA)
+    cv2.putText(ours, "+z", (c + 7, c + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    white = ~sphere.mask
+    tiles = [ours]
+    for name in ("opencv", "sfsnet"):
+        rgb = viz.to_uint8(encode_rgb(sphere.normals, name))
+        rgb[white] = 255
+        tiles.append(rgb)
+    return viz.panel(tiles, ["ours (opengl): rgb = (n+1)/2", "opencv convention",
+                             "sfsnet convention"])
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    io.write_image(OUT / "convention_sphere.png", convention_sphere())
