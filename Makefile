@@ -38,5 +38,9 @@ test: $(TEST_STAMP)
 demo: $(BASE_STAMP)
 	$(BIN)/python -m crossmodal.demo --out runs/demo
 
+lint: $(BASE_STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[lint]"
+	$(BIN)/python -m flake8 crossmodal tests docs benchmarks datasets
+
 clean:
 	rm -rf $(VENV) build *.egg-info

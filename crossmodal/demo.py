@@ -78,7 +78,7 @@ def run(out: Path, size: int = 256) -> dict:
 
     # 4. Relighting; the first view colours the mesh.
     views = geometry.relight_views(face.normals, face.mask, n=4, elevation_deg=45.0,
-                                    albedo=0.8, specular=0.15)
+                                   albedo=0.8, specular=0.15)
     for k, view in enumerate(views):
         io.write_image(out / f"relit_{k}.png", np.clip(view, 0.0, 1.0))
     mesh = geometry.depth_to_mesh(depth, face.mask, normals=face.normals,

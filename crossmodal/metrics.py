@@ -317,8 +317,9 @@ class AngularErrorMeter:
             return self
         device = (torch.device("cuda", torch.cuda.current_device())
                   if dist.get_backend(group) == "nccl" else torch.device("cpu"))
-        hist = self._hist if self._hist is not None else torch.zeros(self.n_bins,
-                                                                      dtype=torch.int64)
+        hist = self._hist
+        if hist is None:
+            hist = torch.zeros(self.n_bins, dtype=torch.int64)
         # One int64 vector for the exact counts, one float64 scalar for the error sum.
         counts = torch.cat([
             torch.tensor([self.n_pixels, self.n_excluded_pred, self.n_empty_images,

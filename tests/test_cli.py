@@ -110,8 +110,8 @@ def test_mesh_recovers_the_relief(tmp_path):
     (["relight", "{sphere}", "--out", "{tmp}/r", "--albedo", "{small_mask}"], "resize"),
     (["convert", "{non_unit}", "{out}"], "renormal"),
 ])
-def test_user_mistakes_end_in_one_line_and_status_2(tmp_path, sphere_exr, capsys, argv,
-                                                     message):
+def test_user_mistakes_end_in_one_line_and_status_2(
+        tmp_path, sphere_exr, capsys, argv, message):
     path, _ = sphere_exr
     bad = tmp_path / "bad.exr"
     bad.write_bytes(path.read_bytes()[:300])
