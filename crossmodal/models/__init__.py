@@ -1,5 +1,7 @@
 """The cross-modal model: encoders, decoders, deactivable skips, variants and losses."""
 
+from .losses import image_loss, normal_loss
 from .net import OUTPUT_ACTIVATIONS, ROUTES, VARIANTS, CrossModalNet, ModelConfig
 
-__all__ = ["OUTPUT_ACTIVATIONS", "ROUTES", "VARIANTS", "CrossModalNet", "ModelConfig"]
+__all__ = ["OUTPUT_ACTIVATIONS", "ROUTES", "VARIANTS", "CrossModalNet", "ModelConfig",
+           "image_loss", "normal_loss"]

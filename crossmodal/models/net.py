@@ -68,6 +68,22 @@ class ModelConfig:
                                     OUTPUT_ACTIVATIONS)):
             if value not in valid:
                 raise InputError(f"model.{name} {value!r} is not one of {', '.join(valid)}")
+        skips = ResNetEncoder.skip_channels[::-1]
+        for name, widths in (("normal_decoder_widths", self.normal_decoder_widths),
+                             ("image_decoder_widths", self.image_decoder_widths)):
+            if len(widths) != 5 or min(widths) < 1:
+                raise InputError(f"model.{name} needs 5 positive widths, got {list(widths)}")
+        # Deactivable skips fuse into the last C channels; concat skips are appended, so
+        # the conv feeding each stage must still have room for at least one channel.
+        if any(w <= s for w, s in zip(self.normal_decoder_widths, skips)):
+            raise InputError(f"model.normal_decoder_widths {list(self.normal_decoder_widths)} "
+                             f"must exceed the skip channels {list(skips)} stage by stage")
+        if self.image_decoder_widths[0] != ResNetEncoder.latent_channels:
+            raise InputError(f"model.image_decoder_widths must start with the latent's "
+                             f"{ResNetEncoder.latent_channels} channels, got "
+                             f"{self.image_decoder_widths[0]}")
+        if self.head_channels < 1:
+            raise InputError(f"model.head_channels must be positive, got {self.head_channels}")
 
     def to_dict(self) -> dict:
         """Plain containers (lists, not tuples), safe for ``torch.load(weights_only=True)``."""

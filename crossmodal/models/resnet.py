@@ -85,8 +85,16 @@ def load_imagenet_weights(trunk: ResNet18Trunk, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle, zip or truncation error: all mean a bad file
         raise CrossmodalError(f"cannot load {path} as a state dict ({err})") from None
+    if not isinstance(state, dict):
+        raise CrossmodalError(f"{path} holds a {type(state).__name__}, not a state dict; "
+                              f"save torchvision's resnet18().state_dict()")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = trunk.state_dict()
+    # Files saved before PyTorch 0.4.1 have no BN step counters; they only matter for
+    # momentum=None, so they are filled from the freshly built trunk.
+    for key in own:
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, own[key])
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

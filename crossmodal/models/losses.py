@@ -1,0 +1,162 @@
+"""Training losses (paper §3.3): eq. 1 cosine normal loss, eq. 2 L2 image loss, masked.
+
+Both losses are applied "only on facial regions": every pixel carries a weight from the
+mask (a bool mask gives 0/1, a float mask its value, expected in [0, 1]) and the loss is
+the weighted mean over the pixels of the **whole batch**:
+
+    loss = sum_{b,i,j} w(b,i,j) * l(b,i,j) / sum_{b,i,j} w(b,i,j)
+
+Batch pooling, rather than the mean over images of each image's own mean, is a choice:
+
+- for one image it *is* eq. 1 / eq. 2 with |N| the number of mask pixels;
+- every face pixel counts the same whatever the size of its face in the crop, so a
+  sample with a tiny mask (a few noisy border pixels) cannot weigh as much as a full
+  face, and an image with an empty mask simply contributes nothing (a per-image mean
+  would be 0/0 for it);
+- it is the masked mean the authors' ``loss * mask`` style implementation gives.
+
+It equals the mean of the per-image losses weighted by each image's mask area.
+
+Pixels whose target is unusable are left out (weight 0): a non-finite target for both
+losses, and also a zero-length target normal (shorter than :data:`EPS`) for eq. 1, which
+has no direction to compare with. When no pixel is left (an all-empty mask), the loss is
+an exact 0 that is still connected to ``pred`` in the autograd graph, so ``backward()``
+works and gives zero gradients instead of NaN. Predictions outside the used pixels never
+reach the arithmetic (they are replaced by 0 first, so a NaN there cannot leak into the
+loss or the gradients); a non-finite prediction *inside* the mask makes the loss NaN on
+purpose, so a diverging network is not hidden.
+
+The arithmetic runs in float32 at least (float64 when an input is float64): half
+precision (AMP) is too coarse for ``1 - cos`` of small angles. No Python loop touches
+pixels; everything stays on ``pred``'s device (``target`` and ``mask`` are moved there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+
+__all__ = ["EPS", "image_loss", "normal_loss"]
+
+#: Normal vectors shorter than this have no direction (as :data:`crossmodal.metrics.EPS`).
+EPS = 1e-6
+
+
+def normal_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 1: ``1 - mean over mask pixels of cos(pred, target)``.
+
+    Args:
+        pred: predicted normals ``(B, 3, H, W)``, any length (renormalised here; a
+            zero-length prediction counts as cos = 0).
+        target: ground-truth normals ``(B, 3, H, W)``, any length (renormalised here);
+            pixels with a non-finite or zero-length target are excluded.
+        mask: ``(B, H, W)`` or ``(B, 1, H, W)``, bool (facial pixels) or float weights in
+            [0, 1]; None uses every pixel.
+
+    Returns:
+        A scalar tensor: ``sum w (1 - cos) / sum w`` over the batch's pixels (module
+        docstring: batch-pooled, not per-image), in [0, 2]; exactly 0 (with a grad_fn)
+        when no pixel is usable.
+    """
+    pred, target, weight = _prepare(pred, target, mask, "normal_loss", channels=3)
+    t_finite = torch.isfinite(target).all(dim=1, keepdim=True)
+    target = torch.where(t_finite, target, 0.0)
+    t_unit, t_norm = _unit(target)
+    weight = weight * (t_finite & (t_norm > EPS)).squeeze(1).to(weight.dtype)
+    used = (weight > 0).unsqueeze(1)
+    p_unit, _ = _unit(torch.where(used, pred, 0.0))
+    cos = (p_unit * t_unit).sum(dim=1)
+    return _weighted_mean(1.0 - cos, weight)
+
+
+def image_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 2: the mean over masked pixels of ``||I - Î||^2`` per pixel.
+
+    Per pixel the squared error is *summed* over the channels (3 for RGB), then averaged
+    over the mask pixels of the batch (weighted by a float mask): a uniform error of d
+    in every channel gives ``3 d^2``.
+
+    Args:
+        pred: decoded image ``(B, C, H, W)``.
+        target: ground-truth image ``(B, C, H, W)``; pixels with any non-finite channel
+            are excluded.
+        mask: ``(B, H, W)`` or ``(B, 1, H, W)``, bool or float weights in [0, 1]; None
+            uses every pixel.
+
+    Returns:
+        A scalar tensor; exactly 0 (with a grad_fn) when no pixel is usable.
+    """
+    pred, target, weight = _prepare(pred, target, mask, "image_loss")
+    t_finite = torch.isfinite(target).all(dim=1, keepdim=True)
+    weight = weight * t_finite.squeeze(1).to(weight.dtype)
+    used = (weight > 0).unsqueeze(1)
+    diff = torch.where(used, pred, 0.0) - torch.where(used, target, 0.0)
+    return _weighted_mean(diff.square().sum(dim=1), weight)
+
+
+def _prepare(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    what: str,
+    channels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check shapes; return pred, target in the computation dtype and the (B, H, W)
+    float weights, all on ``pred``'s device."""
+    for name, x in (("pred", pred), ("target", target)):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{what}: {name} must be a torch tensor, got {type(x).__name__}")
+    if pred.ndim != 4 or (channels is not None and pred.shape[1] != channels):
+        c = "C" if channels is None else channels
+        raise InputError(f"{what}: pred must have shape (B, {c}, H, W), got "
+                         f"{tuple(pred.shape)}")
+    if target.shape != pred.shape:
+        raise InputError(f"{what}: pred {tuple(pred.shape)} and target "
+                         f"{tuple(target.shape)} differ in shape")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise InputError(f"{what}: pred and target must be floating point, got "
+                         f"{pred.dtype} and {target.dtype}")
+    dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    pred = pred.to(dtype)
+    target = target.to(device=pred.device, dtype=dtype)
+    b, _, h, w = pred.shape
+    if mask is None:
+        return pred, target, pred.new_ones(b, h, w)
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"{what}: mask must be a torch tensor, got {type(mask).__name__}")
+    if mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask.squeeze(1)
+    if tuple(mask.shape) != (b, h, w):
+        raise InputError(f"{what}: mask must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, "
+                         f"{w}) to match pred {tuple(pred.shape)}, got {tuple(mask.shape)}")
+    if mask.is_complex():
+        raise InputError(f"{what}: mask must be bool or real weights, got {mask.dtype}")
+    # A mask is data, not a parameter: no gradient flows into it.
+    return pred, target, mask.detach().to(device=pred.device, dtype=dtype)
+
+
+def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 3, H, W)`` -> (unit vectors, ``(B, 1, H, W)`` lengths), overflow-safe.
+
+    Vectors are first divided by their largest component when it exceeds 1 (a detached
+    scale: cosines do not depend on length, so the gradient is still exact), which keeps
+    the squares finite for any finite input; lengths below :data:`EPS` are clamped, so a
+    zero vector gives a zero "unit" vector and finite gradients.
+    """
+    scale = v.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    v = v / scale
+    norm = v.square().sum(dim=1, keepdim=True).clamp_min(EPS * EPS).sqrt()
+    return v / norm, norm * scale
+
+
+def _weighted_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum(w * value) / sum(w)``; 0 (still in ``value``'s graph) when ``sum(w) == 0``."""
+    total = weight.sum()
+    # With no weight the numerator is an exact 0 (value is finite where weight is 0),
+    # and any positive denominator keeps it 0 with zero gradients.
+    return (weight * value).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
