@@ -17,7 +17,11 @@ from . import __version__
 from .errors import CrossmodalError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("crossmodal.commands.normal_tools", "crossmodal.commands.checkpoints")
+COMMAND_MODULES = (
+    "crossmodal.commands.synth",
+    "crossmodal.commands.normal_tools",
+    "crossmodal.commands.checkpoints",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
