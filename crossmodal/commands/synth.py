@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     config = replace(SynthConfig(), size=args.size, samples_per_subject=args.per_subject,
                      kind_weights=args.kinds, val_fraction=args.val, test_fraction=args.test)
     out = generate(args.out, args.count, seed=args.seed, config=config, workers=args.workers,
-                   preview=args.preview)
+                   preview=args.preview, progress=not args.quiet)
     log.info("wrote %d samples to %s%s", args.count, out,
              " (and preview.png)" if args.preview else "")
     return 0
