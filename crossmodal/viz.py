@@ -14,7 +14,7 @@ import numpy as np
 from .io import quantize
 from .normals import encode_rgb
 
-__all__ = ["error_to_rgb", "normals_to_rgb", "panel", "to_uint8"]
+__all__ = ["error_to_rgb", "normals_to_rgb", "panel", "plot_curves", "to_uint8"]
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -79,3 +79,59 @@ def panel(
                         (0, 0, 0), thick, cv2.LINE_AA)
         out[y + label_h:y + label_h + tile.shape[0], x:x + tile.shape[1]] = tile
     return out
+
+
+def plot_curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "",
+    size: tuple[int, int] = (640, 400),
+) -> np.ndarray:
+    """A line plot of named ``(xs, ys)`` series on shared axes, drawn with OpenCV (no
+    plotting library needed), as an RGB uint8 ``(H, W, 3)`` image."""
+    width, height = size
+    image = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 64, 16, 36, 44
+    xs = np.concatenate([np.asarray(x, float) for x, _ in series.values()] or [np.zeros(1)])
+    ys = np.concatenate([np.asarray(y, float) for _, y in series.values()] or [np.zeros(1)])
+    finite = np.isfinite(ys)
+    x0, x1 = float(xs.min()), float(max(xs.max(), xs.min() + 1e-9))
+    y0, y1 = (float(ys[finite].min()), float(ys[finite].max())) if finite.any() else (0, 1)
+    pad = 0.05 * max(y1 - y0, 1e-9)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def to_px(x, y):
+        u = left + (np.asarray(x, float) - x0) / (x1 - x0) * (width - left - right)
+        v = height - bottom - (np.asarray(y, float) - y0) / (y1 - y0) * (height - top - bottom)
+        return np.stack([u, v], -1)
+
+    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (200, 200, 200)
+    for t in np.linspace(0, 1, 5):
+        yv = y0 + t * (y1 - y0)
+        v = int(round(to_px(x0, yv)[1]))
+        cv2.line(image, (left, v), (width - right, v), grey, 1)
+        cv2.putText(image, f"{yv:.3g}", (4, v + 4), font, 0.4, black, 1, cv2.LINE_AA)
+        xv = x0 + t * (x1 - x0)
+        u = int(round(to_px(xv, y0)[0]))
+        cv2.putText(image, f"{xv:.4g}", (u - 12, height - bottom + 16), font, 0.4, black, 1,
+                    cv2.LINE_AA)
+    cv2.rectangle(image, (left, top), (width - right, height - bottom), black, 1)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+    for k, (name, (x, y)) in enumerate(series.items()):
+        colour = colours[k % len(colours)]
+        keep = np.isfinite(np.asarray(y, float))
+        points = np.round(to_px(np.asarray(x, float)[keep], np.asarray(y, float)[keep]))
+        if len(points) > 1:
+            cv2.polylines(image, [points.astype(np.int32)], False, colour, 2, cv2.LINE_AA)
+        for p in points.astype(int):
+            cv2.circle(image, tuple(p), 3, colour, -1, cv2.LINE_AA)
+        label_w = cv2.getTextSize(name, font, 0.45, 1)[0][0]
+        cv2.putText(image, name, (width - right - label_w - 8, top + 18 + 16 * k), font, 0.45,
+                    colour, 1, cv2.LINE_AA)
+    cv2.putText(image, title, (left, 24), font, 0.55, black, 1, cv2.LINE_AA)
+    cv2.putText(image, xlabel, (width // 2, height - 8), font, 0.45, black, 1, cv2.LINE_AA)
+    if ylabel:
+        cv2.putText(image, ylabel, (left + 4, top - 4), font, 0.4, black, 1, cv2.LINE_AA)
+    return image
