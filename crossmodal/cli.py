@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "crossmodal.commands.synth",
     "crossmodal.commands.normal_tools",
     "crossmodal.commands.checkpoints",
+    "crossmodal.commands.evaluate",
 )
 
 
