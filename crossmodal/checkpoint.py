@@ -97,6 +97,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     step: int = 0,
     metrics: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write a checkpoint atomically (a reader never sees half a file).
 
@@ -108,6 +109,9 @@ def save_checkpoint(
         optimizer: its ``state_dict()`` is stored, to resume training.
         step: training step reached.
         metrics: latest validation metrics (plain numbers).
+        extra: additional top-level entries, tensors and builtins only (e.g. RNG states
+            and a GradScaler's state, to resume training exactly); their keys must not be
+            :data:`REQUIRED_KEYS`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -121,6 +125,10 @@ def save_checkpoint(
         "metrics": _plain(metrics or {}, "metrics"),
         "git_commit": _git_commit(),
     }
+    clash = sorted(set(extra or {}) & set(checkpoint))
+    if clash:
+        raise ValueError(f"extra checkpoint entries {clash} would replace required keys")
+    checkpoint.update(extra or {})
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 

@@ -19,6 +19,7 @@ from .errors import CrossmodalError
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "crossmodal.commands.synth",
+    "crossmodal.commands.train",
     "crossmodal.commands.normal_tools",
     "crossmodal.commands.checkpoints",
     "crossmodal.commands.evaluate",

@@ -1,0 +1,256 @@
+"""The mixed-batch schedule (paper §3.3): passes per data type, gradients, variants, and the
+data every step and rank sees."""
+
+import logging
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from torch.utils.data import default_collate
+
+from crossmodal.config import DataConfig, ExperimentConfig, TrainConfig
+from crossmodal.engine.data import StepBatchSampler
+from crossmodal.engine.schedule import (
+    ITERATIONS, Iteration, MixedBatchSchedule, plan_for, resolve_proportions)
+from crossmodal.engine.trainer import Trainer
+from crossmodal.errors import CrossmodalError
+from crossmodal.models import CrossModalNet, ModelConfig
+from crossmodal.synth.generate import generate
+from crossmodal.synth.sampler import SynthConfig
+
+TINY = {"normal_decoder_widths": (288, 160, 80, 80, 72),
+        "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+GROUPS = ("image_encoder", "normal_encoder", "normal_decoder", "image_decoder")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """20 synthetic faces at 64 px: train rows of all three kinds, plus val and test."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "synth", 20, seed=0, progress=False,
+             config=replace(SynthConfig(), size=64, samples_per_subject=2))
+    return root
+
+
+def config(data_root, run_dir, variant="full", **train):
+    return ExperimentConfig(
+        name="schedule", run_dir=str(run_dir), model=ModelConfig(variant=variant, **TINY),
+        data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
+                        normal=["synth"], val=[], image_size=64, batch_size=2, num_workers=0),
+        train=TrainConfig(**{"max_steps": 4, "log_every": 1, **train}))
+
+
+def batch_of(trainer, kind):
+    """A collated batch of ``kind`` and a step of that kind, as the loader would give."""
+    step = next(s for s in range(1000) if trainer.schedule.kind_at(s) == kind)
+    items = [trainer.train_set[(kind, i, 7 + i)] for i in range(2)]
+    return step, default_collate(items)
+
+
+class Recorder:
+    """Records the route of every forward pass and, at every optimizer step, which
+    module groups hold a non-zero gradient."""
+
+    def __init__(self, trainer):
+        self.routes, self.grads = [], []
+        net = trainer.net
+        net.register_forward_pre_hook(lambda module, args: self.routes.append(args[1]))
+        step = trainer.optimizer.step
+
+        def spy(*args, **kwargs):
+            self.grads.append({g: any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+                                      for p in getattr(net, g).parameters())
+                               for g in GROUPS if getattr(net, g) is not None})
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = spy
+
+    def run(self, trainer, kind):
+        self.routes.clear()
+        self.grads.clear()
+        trainer.step, batch = batch_of(trainer, kind)
+        return trainer.train_step(batch)
+
+
+@pytest.fixture(scope="module")
+def full_trainer(data_root, tmp_path_factory):
+    trainer = Trainer(config(data_root, tmp_path_factory.mktemp("run")))
+    return trainer, Recorder(trainer)
+
+
+def test_iterations_are_the_papers_schedule():
+    assert ITERATIONS == {
+        "paired": (Iteration("normal_to_normal", "normals", ("normal",)),
+                   Iteration("image_to_normal", "image", ("normal", "image"))),
+        "image": (Iteration("image_to_image", "image", ("image",)),),
+        "normal": (Iteration("normal_to_normal", "normals", ("normal",)),),
+    }
+
+
+def test_paired_batch_runs_normal_to_normal_then_image_to_normal(full_trainer):
+    trainer, rec = full_trainer
+    losses = rec.run(trainer, "paired")
+    assert rec.routes == ["normal_to_normal", "image_to_normal"]
+    assert list(losses) == ["normal_to_normal", "image_to_normal"]
+    assert set(losses["normal_to_normal"]) == {"total", "normal"}
+    i2n = losses["image_to_normal"]
+    assert set(i2n) == {"total", "normal", "image"}  # image->image rides on the same pass
+    assert i2n["total"] == pytest.approx(i2n["normal"] + i2n["image"], rel=1e-6)
+    # One optimizer step each. Normal->normal (skips off) trains E_N and D_N only: E_I
+    # gets no gradient at all; image->normal+image trains E_I, D_N and D_I, not E_N.
+    assert rec.grads == [
+        {"image_encoder": False, "normal_encoder": True, "normal_decoder": True,
+         "image_decoder": False},
+        {"image_encoder": True, "normal_encoder": False, "normal_decoder": True,
+         "image_decoder": True},
+    ]
+
+
+def test_image_batch_runs_image_to_image(full_trainer):
+    trainer, rec = full_trainer
+    losses = rec.run(trainer, "image")
+    assert rec.routes == ["image_to_image"]
+    assert set(losses["image_to_image"]) == {"total", "image"}
+    assert rec.grads == [{"image_encoder": True, "normal_encoder": False,
+                          "normal_decoder": False, "image_decoder": True}]
+
+
+def test_normal_batch_runs_normal_to_normal(full_trainer):
+    trainer, rec = full_trainer
+    losses = rec.run(trainer, "normal")
+    assert rec.routes == ["normal_to_normal"]
+    assert set(losses["normal_to_normal"]) == {"total", "normal"}
+    assert rec.grads == [{"image_encoder": False, "normal_encoder": True,
+                          "normal_decoder": True, "image_decoder": False}]
+
+
+def test_image_encoder_gets_no_gradient_from_normal_to_normal(full_trainer):
+    trainer, _ = full_trainer
+    trainer.step, batch = batch_of(trainer, "normal")
+    grads = {}
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: grads.update(
+        {name: p.grad for name, p in trainer.net.named_parameters()})
+    try:
+        trainer.train_step(batch)
+    finally:
+        trainer.optimizer.step = step
+    image_side = [g for name, g in grads.items() if name.startswith(("image_encoder.",
+                                                                     "image_decoder."))]
+    assert image_side and all(g is None or not g.any() for g in image_side)
+
+
+def test_plain_unet_runs_only_image_to_normal(data_root, tmp_path, caplog):
+    routes = CrossModalNet(ModelConfig(variant="plain_unet", **TINY)).routes
+    plan = plan_for(routes)
+    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal",)),),
+                    "image": (), "normal": ()}
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config(data_root, tmp_path, variant="plain_unet"))
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "dropping image batches" in warned and "dropping normal batches" in warned
+    assert trainer.proportions == {"paired": 1.0}
+    rec = Recorder(trainer)
+    losses = rec.run(trainer, "paired")
+    assert rec.routes == ["image_to_normal"]
+    assert set(losses["image_to_normal"]) == {"total", "normal"}  # no D_I, no image loss
+    assert rec.grads == [{"image_encoder": True, "normal_decoder": True}]
+
+
+def test_no_normal_encoder_keeps_the_image_passes():
+    plan = plan_for(CrossModalNet(ModelConfig(variant="no_normal_encoder", **TINY)).routes)
+    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal", "image")),),
+                    "image": (Iteration("image_to_image", "image", ("image",)),),
+                    "normal": ()}
+
+
+def test_resolve_proportions_drops_types_without_data(caplog):
+    plan = plan_for(("image_to_normal", "normal_to_normal", "image_to_image"))
+    with caplog.at_level(logging.WARNING):
+        shares = resolve_proportions({"paired": 2, "image": 1, "normal": 1}, plan,
+                                     {"paired": 5, "image": 3, "normal": 0})
+    assert shares == pytest.approx({"paired": 2 / 3, "image": 1 / 3})
+    assert "no normal training samples" in caplog.text
+    with pytest.raises(CrossmodalError, match="no usable training data"):
+        resolve_proportions({"normal": 1}, plan_for(("image_to_normal",)), None, "plain_unet")
+
+
+# ---------------------------------------------------------------------- the data
+
+
+PROPORTIONS = {"paired": 0.5, "image": 0.3, "normal": 0.2}
+N = {"paired": 101, "image": 37, "normal": 53}
+
+
+def test_kind_at_is_a_function_of_seed_and_step():
+    a, b = MixedBatchSchedule(PROPORTIONS, 3), MixedBatchSchedule(PROPORTIONS, 3)
+    steps = list(range(500))
+    forward = [a.kind_at(s) for s in steps]
+    # Another instance queried backwards and from far away agrees: no hidden state.
+    assert b.kind_at(10_000) == a.kind_at(10_000)
+    assert [b.kind_at(s) for s in reversed(steps)][::-1] == forward
+    other = [MixedBatchSchedule(PROPORTIONS, 4).kind_at(s) for s in steps]
+    assert other != forward
+
+
+def test_proportions_are_respected():
+    schedule = MixedBatchSchedule(PROPORTIONS, 0)
+    for first, count in ((0, 4000), (123_457, 1000)):
+        counts = Counter(schedule.kind_at(s) for s in range(first, first + count))
+        for kind, share in PROPORTIONS.items():
+            assert counts[kind] / count == pytest.approx(share, abs=0.02)
+    # Stratified chunks: within one chunk each type is within one step of its share.
+    chunk = Counter(schedule.kind_at(s) for s in range(0, schedule.CHUNK))
+    for kind, share in PROPORTIONS.items():
+        assert abs(chunk[kind] - share * schedule.CHUNK) < 1
+    assert schedule.batches_before(4000) == {k: sum(schedule.kind_at(s) == k
+                                                    for s in range(4000)) for k in N}
+
+
+def test_indices_are_deterministic_per_seed_step_and_rank():
+    a, b = MixedBatchSchedule(PROPORTIONS, 5), MixedBatchSchedule(PROPORTIONS, 5)
+    for step in (0, 1, 77, 3000, 2):
+        for rank in (0, 1, 2):
+            assert a.indices(step, rank, 3, 4, N) == b.indices(step, rank, 3, 4, N)
+    assert a.indices(5, 0, 3, 4, N) != a.indices(5, 1, 3, 4, N)
+    assert (MixedBatchSchedule(PROPORTIONS, 6).indices(5, 0, 3, 4, N)
+            != a.indices(5, 0, 3, 4, N))
+
+
+def test_rank_slices_partition_the_single_process_batch():
+    schedule = MixedBatchSchedule(PROPORTIONS, 1)
+    for step in range(300):
+        kind, whole = schedule.indices(step, 0, 1, 8, N)
+        k0, first = schedule.indices(step, 0, 2, 4, N)
+        k1, second = schedule.indices(step, 1, 2, 4, N)
+        assert k0 == k1 == kind
+        assert first + second == whole
+        if len(set(whole)) == len(whole):  # no epoch boundary inside this batch
+            assert not set(first) & set(second)
+
+
+def test_each_type_is_seen_once_per_epoch():
+    schedule = MixedBatchSchedule(PROPORTIONS, 2)
+    seen = {k: [] for k in N}
+    for step in range(400):
+        kind, idx = schedule.indices(step, 0, 1, 1, N)
+        seen[kind].append(idx[0])
+    for kind, n in N.items():
+        assert len(seen[kind]) >= n
+        assert sorted(seen[kind][:n]) == list(range(n))
+
+
+def test_sampler_gives_each_rank_its_slice_and_shared_augmentation_seeds():
+    schedule = MixedBatchSchedule(PROPORTIONS, 9)
+
+    def keys(rank, world, batch, start=0):
+        return list(StepBatchSampler(schedule, N, batch_size=batch, rank=rank,
+                                     world_size=world, start_step=start, end_step=20))
+
+    single = keys(0, 1, 4)
+    ranks = [keys(0, 2, 2), keys(1, 2, 2)]
+    assert len(single) == 20
+    assert [a + b for a, b in zip(*ranks)] == single  # same samples and augmentation seeds
+    assert keys(0, 1, 4, start=13) == single[13:]     # a resumed loader continues exactly
+    seeds = [seed for batch in single for _, _, seed in batch]
+    assert len(set(seeds)) == len(seeds)

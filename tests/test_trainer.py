@@ -1,0 +1,238 @@
+"""The training job: run directory, TensorBoard, exact resume, the finite-loss guard,
+signals, the ``crossmodal train`` command and the checkpoints it writes."""
+
+import copy
+import json
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from crossmodal.checkpoint import build_model, load_checkpoint
+from crossmodal.cli import main
+from crossmodal.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict
+from crossmodal.engine import schedule as schedule_module
+from crossmodal.engine.data import TrainSet, resize_sample
+from crossmodal.engine.trainer import Trainer
+from crossmodal.errors import CrossmodalError
+from crossmodal.models import ModelConfig
+from crossmodal.synth.generate import generate
+from crossmodal.synth.sampler import SynthConfig
+
+TINY = {"normal_decoder_widths": (288, 160, 80, 80, 72),
+        "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """20 synthetic faces at 64 px: train rows of all three kinds, plus val and test."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "synth", 20, seed=0, progress=False,
+             config=replace(SynthConfig(), size=64, samples_per_subject=2))
+    return root
+
+
+def config(data_root, run_dir, **train):
+    return ExperimentConfig(
+        name="tiny", run_dir=str(run_dir), model=ModelConfig(**TINY),
+        data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
+                        normal=["synth"], val=["synth"], image_size=64, batch_size=2,
+                        num_workers=0),
+        train=TrainConfig(**{"max_steps": STEPS, "log_every": 1, "val_every": 3,
+                             "checkpoint_every": 0, **train}))
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory):
+    """Run A: STEPS steps without interruption."""
+    trainer = Trainer(config(data_root, tmp_path_factory.mktemp("runs") / "a"))
+    return trainer, trainer.train()
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Model and optimizer states bit for bit."""
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for index in sa:
+        for key in sa[index]:
+            assert torch.equal(sa[index][key], sb[index][key]), (index, key)
+
+
+def test_run_directory(straight):
+    trainer, result = straight
+    run = trainer.run_dir
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert result["step"] == STEPS and result["stopped_by"] is None
+    assert result["val"]["val/n_images"] == 2
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, STEPS + 1))
+    assert [e["step"] for e in events if e["event"] == "val"] == [3, STEPS]
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == STEPS
+    assert last["config"] == config_to_dict(trainer.config)
+    assert last["metrics"]["best"] == result["best"]
+    assert set(last["rng"]) == {"torch"} and last["world_size"] == 1
+
+
+def test_tensorboard_has_losses_per_iteration_type_lr_val_and_panel(straight):
+    trainer, _ = straight
+    acc = EventAccumulator(str(trainer.run_dir / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    kinds = {trainer.schedule.kind_at(s) for s in range(STEPS)}
+    assert kinds == {"paired", "image", "normal"}  # seed 0 covers every type in 6 steps
+    assert {"loss/paired/normal_to_normal", "loss/paired/image_to_normal",
+            "loss/paired/image_to_normal/normal", "loss/paired/image_to_normal/image",
+            "loss/image/image_to_image", "loss/normal/normal_to_normal", "lr",
+            "speed/images_per_s", "val/mean", "val/median", "val/below_20", "val/below_25",
+            "val/below_30"} <= tags
+    assert [e.step for e in acc.Scalars("val/mean")] == [3, STEPS]
+    assert [e.step for e in acc.Scalars("lr")] == list(range(1, STEPS + 1))
+    panels = acc.Images("val/panel")
+    assert [p.step for p in panels] == [3, STEPS]
+    assert panels[-1].width > 4 * 64 and panels[-1].height > 2 * 64  # 2 samples x 4 tiles
+
+
+def test_checkpoints_load_safely_and_rebuild_the_model(straight):
+    trainer, result = straight
+    x = torch.rand(2, 3, 64, 64)
+    trainer.net.eval()
+    with torch.no_grad():
+        expected = trainer.net(x.contiguous(memory_format=torch.channels_last))["normals"]
+    for name in ("last.pt", "best.pt"):
+        raw = torch.load(trainer.run_dir / name, weights_only=True)
+        assert {"format_version", "config", "model", "optimizer", "step", "metrics",
+                "git_commit"} <= set(raw)
+    best = load_checkpoint(trainer.run_dir / "best.pt")
+    assert best["optimizer"] is None and best["step"] == result["best"]["step"]
+    with torch.no_grad():
+        rebuilt = build_model(load_checkpoint(trainer.run_dir / "last.pt"))(x)["normals"]
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_reproduces_the_uninterrupted_run(straight, data_root, tmp_path):
+    trainer_a, _ = straight
+    first = Trainer(config(data_root, tmp_path / "b", max_steps=3)).train()
+    assert first["step"] == 3
+    resumed = Trainer(config(data_root, tmp_path / "b"), resume=True)
+    assert resumed.step == 3
+    assert resumed.train()["step"] == STEPS
+    assert_same_state(load_checkpoint(trainer_a.run_dir / "last.pt"),
+                      load_checkpoint(tmp_path / "b" / "last.pt"))
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(STEPS) == 2  # a train and a val event
+
+
+def test_init_from_loads_the_weights_only(straight, data_root, tmp_path):
+    trainer_a, _ = straight
+    source = trainer_a.run_dir / "last.pt"
+    trainer = Trainer(config(data_root, tmp_path / "ft", init_from=str(source), seed=1))
+    weights = load_checkpoint(source)["model"]
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.net.state_dict().items())
+    assert trainer.step == 0 and not trainer.optimizer.state
+
+
+def test_resume_without_last_pt_is_a_clear_error(data_root, tmp_path):
+    with pytest.raises(CrossmodalError, match="nothing to resume in .*start without --resume"):
+        Trainer(config(data_root, tmp_path / "empty"), resume=True)
+
+
+def test_non_finite_loss_stops_and_saves_the_state_before_the_step(
+        data_root, tmp_path, monkeypatch):
+    trainer = Trainer(config(data_root, tmp_path / "nan", val_every=0))
+    # Step 3 (index 2) is a paired batch: poison its second iteration (image->normal), so
+    # the first (normal->normal) has already updated the weights when the guard fires.
+    assert trainer.schedule.kind_at(2) == "paired"
+    output, target, image_loss = schedule_module.LOSSES["image"]
+
+    def poisoned(pred, truth, mask):
+        loss = image_loss(pred, truth, mask)
+        return loss * float("nan") if trainer.step == 2 else loss
+
+    monkeypatch.setitem(schedule_module.LOSSES, "image", (output, target, poisoned))
+    before = {}
+    train_step = trainer.train_step
+
+    def remember(batch):
+        if trainer.step == 2:
+            before.update(model=copy.deepcopy(trainer.net.state_dict()),
+                          optimizer=copy.deepcopy(trainer.optimizer.state_dict()))
+        return train_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", remember)
+    with pytest.raises(CrossmodalError, match=r"non-finite loss in step 3 \(paired batch, "
+                       r"image_to_normal iteration\): total nan.*image nan.*lower optim.lr"):
+        trainer.train()
+    saved = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert saved["step"] == 2
+    assert_same_state(saved, before)
+
+
+def test_sigterm_finishes_the_step_and_saves(data_root, tmp_path, monkeypatch):
+    trainer = Trainer(config(data_root, tmp_path / "term", val_every=0))
+    train_step = trainer.train_step
+
+    def signalled(batch):
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of step 2
+        return train_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", signalled)
+    handler = signal.getsignal(signal.SIGTERM)
+    result = trainer.train()
+    assert result["stopped_by"] == "SIGTERM" and result["step"] == 2
+    assert load_checkpoint(tmp_path / "term" / "last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is handler  # the old handler is back
+
+
+def test_crossmodal_train_command(data_root, tmp_path, capsys):
+    cfg = config_to_dict(config(data_root, "unused"))
+    del cfg["run_dir"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "cli"
+    args = ["-q", "train", str(path), f"run_dir={run}", "train.max_steps=2",
+            "train.val_every=0"]
+    assert main(args) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert "max_steps: 2" in (run / "config.yaml").read_text()
+    assert main([*args[:-2], "train.max_steps=3", "--resume"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+    assert capsys.readouterr().out == ""
+    assert main(["-q", "train", str(path), f"run_dir={tmp_path / 'none'}", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_missing_dataset_folder_names_it_and_the_fix(data_root):
+    data = DataConfig(root=str(data_root), paired=["synth", "photoface"], image_size=64)
+    with pytest.raises(CrossmodalError, match=r"photoface.*does not exist.*crossmodal synth.*"
+                       r"crossmodal prepare"):
+        TrainSet(data)
+
+
+def test_resize_sample_keeps_unit_normals_and_a_binary_mask():
+    normals = torch.nn.functional.normalize(torch.randn(3, 64, 64), dim=0)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[16:48, 16:48] = True
+    normals[:, ~mask] = 0
+    item = {"image": torch.rand(3, 64, 64), "normals": normals, "mask": mask}
+    small = resize_sample(item, 32)
+    assert small["image"].shape == (3, 32, 32) and small["mask"].dtype == torch.bool
+    torch.testing.assert_close(small["image"][:, 0, 0], item["image"][:, :2, :2].mean((1, 2)))
+    length = torch.linalg.vector_norm(small["normals"], dim=0)
+    valid = length > 0
+    torch.testing.assert_close(length[valid], torch.ones(int(valid.sum())))
+    assert small["mask"].sum() == 16 * 16 and valid[small["mask"]].all()
+    assert resize_sample(item, 64)["normals"] is normals
