@@ -36,7 +36,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(BASE_STAMP)
-	$(BIN)/python -m crossmodal.demo --out runs/demo
+	$(BIN)/python -m crossmodal.demo
 
 lint: $(BASE_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[lint]"

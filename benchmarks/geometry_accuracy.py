@@ -1,5 +1,6 @@
-"""The geometry pipeline end to end on an analytic face relief (``make demo`` until the
-training job lands).
+"""Accuracy of the geometric core, end to end, on an analytic face relief.
+
+    python benchmarks/geometry_accuracy.py [--out DIR] [--size 256]
 
 Starting from a face-like surface with exact depth and normals
 (:func:`crossmodal.shapes.face_relief`), it runs every piece of the geometric core and
@@ -10,8 +11,9 @@ measures each against the analytic answer:
 3. normals -> depth (Poisson least squares) and a relief mesh;
 4. relighting under four lights.
 
-Writes ``panel.png``, ``summary.json``, ``summary.md``, the normal maps, relit views and
-``relief.obj`` to ``--out``.
+Prints a table and writes ``panel.png`` (the README's geometry figure), ``summary.json``,
+``summary.md``, the normal maps, relit views and ``relief.obj`` to ``--out`` (default
+``benchmarks/results/geometry``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import geometry, io, viz
-from .metrics import AngularErrorMeter, angular_error
-from .shapes import face_relief
+from crossmodal import geometry, io, viz
+from crossmodal.metrics import AngularErrorMeter, angular_error
+from crossmodal.shapes import face_relief
 
-log = logging.getLogger("crossmodal.demo")
+log = logging.getLogger("geometry_accuracy")
 
 
 def _to_torch(normals: np.ndarray) -> torch.Tensor:
@@ -115,9 +117,10 @@ def _markdown(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crossmodal.demo", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "geometry")
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
