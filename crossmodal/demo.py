@@ -31,8 +31,8 @@ from .errors import CrossmodalError
 log = logging.getLogger("crossmodal.demo")
 
 EXPERIMENT = Path("experiments/quickstart.yaml")
-#: The quickstart dataset: ``crossmodal synth`` options, matching quickstart.yaml's data.
-SYNTH_ARGS = ("--count", "4000", "--size", "64", "--seed", "0", "--workers", "2")
+#: Faces rendered for the quickstart dataset (at the experiment's ``data.image_size``).
+COUNT = 4000
 
 
 def _run(argv: list[str]) -> None:
@@ -53,15 +53,19 @@ def _validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return steps, means
 
 
-def run(experiment: Path = EXPERIMENT, overrides: tuple[str, ...] = ()) -> Path:
-    """Run the main job; returns the run directory."""
+def run(experiment: Path = EXPERIMENT, overrides: tuple[str, ...] = (), *,
+        count: int = COUNT, workers: int = 2) -> Path:
+    """Run the main job; returns the run directory. The synthetic dataset (``count``
+    faces at the experiment's image size) goes to the experiment's validation folder,
+    which quickstart.yaml also trains on."""
     config = load_config(experiment, overrides)
     data = Path(config.data.root) / config.data.val[0]
     run_dir = Path(config.run_dir)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    _run(["synth", "--out", str(data), *SYNTH_ARGS])
+    _run(["synth", "--out", str(data), "--count", str(count), "--size",
+          str(config.data.image_size), "--seed", "0", "--workers", str(workers)])
     timings["synthetic data"] = time.perf_counter() - start
 
     start = time.perf_counter()
