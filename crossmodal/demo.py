@@ -97,7 +97,7 @@ def _write_summary(run_dir: Path, name: str, timings: dict[str, float]) -> None:
         "", (run_dir / "report.md").read_text().strip(), "",
         "![predictions: input | prediction | ground truth | error (0-45 deg)](panel.png)", "",
         "![validation curve](curve.png)", "",
-        "| stage | minutes |", "|---|---|",
+        "| stage (this invocation; finished stages are reused) | minutes |", "|---|---|",
         *(f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in timings.items()), "",
         f"Held-out mean angular error: **{result['mean']:.2f}°** "
         f"(median {result['median']:.2f}°, {result['below']['30']:.1f}% of pixels under 30°).",
