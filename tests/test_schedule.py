@@ -3,7 +3,6 @@ data every step and rank sees."""
 
 import logging
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 from torch.utils.data import default_collate
@@ -15,21 +14,10 @@ from crossmodal.engine.schedule import (
 from crossmodal.engine.trainer import Trainer
 from crossmodal.errors import CrossmodalError
 from crossmodal.models import CrossModalNet, ModelConfig
-from crossmodal.synth.generate import generate
-from crossmodal.synth.sampler import SynthConfig
 
-TINY = {"normal_decoder_widths": (288, 160, 80, 80, 72),
-        "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+from conftest import TINY_MODEL as TINY
+
 GROUPS = ("image_encoder", "normal_encoder", "normal_decoder", "image_decoder")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """20 synthetic faces at 64 px: train rows of all three kinds, plus val and test."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root / "synth", 20, seed=0, progress=False,
-             config=replace(SynthConfig(), size=64, samples_per_subject=2))
-    return root
 
 
 def config(data_root, run_dir, variant="full", **train):

@@ -5,7 +5,6 @@ import copy
 import json
 import os
 import signal
-from dataclasses import replace
 
 import pytest
 import torch
@@ -20,21 +19,10 @@ from crossmodal.engine.data import TrainSet, resize_sample
 from crossmodal.engine.trainer import Trainer
 from crossmodal.errors import CrossmodalError
 from crossmodal.models import ModelConfig
-from crossmodal.synth.generate import generate
-from crossmodal.synth.sampler import SynthConfig
 
-TINY = {"normal_decoder_widths": (288, 160, 80, 80, 72),
-        "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+from conftest import TINY_MODEL as TINY
+
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """20 synthetic faces at 64 px: train rows of all three kinds, plus val and test."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root / "synth", 20, seed=0, progress=False,
-             config=replace(SynthConfig(), size=64, samples_per_subject=2))
-    return root
 
 
 def config(data_root, run_dir, **train):
