@@ -39,11 +39,12 @@ from tqdm import tqdm
 from . import viz
 from .checkpoint import build_model, load_checkpoint
 from .data import FaceNormalsDataset
+from .engine.distributed import resolve_device
 from .errors import CrossmodalError
 from .metrics import AngularErrorMeter, angular_error
 
 __all__ = ["EVAL_FILE", "JSON_KEYS", "ERROR_VMAX", "evaluate", "evaluate_checkpoint",
-           "load_result", "metrics_json", "report_table", "resolve_device"]
+           "load_result", "metrics_json", "report_table"]
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,6 @@ ERROR_VMAX = 45.0
 SIZE_MULTIPLE = 32
 
 PathLike = str | os.PathLike
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> the CUDA device if there is one, else the CPU; anything else is parsed
-    by torch (``"cpu"``, ``"cuda"``, ``"cuda:1"``) and must exist here."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CrossmodalError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") \
-            from None
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
-        raise CrossmodalError(f"device {device!r} is not available here (CUDA devices: "
-                              f"{torch.cuda.device_count()}); use --device cpu or auto")
-    return dev
 
 
 def _paired_split(dataset_root: PathLike, split: str) -> FaceNormalsDataset:
@@ -154,7 +138,7 @@ def evaluate(
     """
     if batch_size < 1:
         raise CrossmodalError(f"batch size must be at least 1, got {batch_size}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, option="--device")
     return _evaluate(model, _paired_split(dataset_root, split), batch_size=batch_size,
                      device=dev, num_workers=num_workers, progress=progress,
                      panel_count=panel_count)
@@ -232,7 +216,7 @@ def evaluate_checkpoint(
     """
     if batch_size < 1:
         raise CrossmodalError(f"batch size must be at least 1, got {batch_size}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, option="--device")
     # Checked before the checkpoint is read: a wrong folder fails fast.
     dataset = _paired_split(dataset_root, split)
     checkpoint = load_checkpoint(checkpoint_path)

@@ -48,7 +48,7 @@ from .data import TrainSet, train_loader, val_loader
 from .schedule import (
     Iteration, MixedBatchSchedule, iteration_losses, plan_for, resolve_proportions)
 
-__all__ = ["Trainer", "resolve_amp", "resolve_device", "seed_everything"]
+__all__ = ["Trainer", "resolve_amp", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,6 @@ log = logging.getLogger(__name__)
 PANEL_SAMPLES = 4
 LAST, BEST, METRICS, TB = "last.pt", "best.pt", "metrics.jsonl", "tb"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` as a device: 'auto' is CUDA when available; a CUDA device without
-    an index is GPU ``local_rank`` (one per process under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise CrossmodalError(f"train.device {name!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CrossmodalError(f"train.device is {name!r} but no CUDA device is available; "
-                                  f"use train.device=cpu (or auto)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
@@ -142,7 +122,8 @@ class Trainer:
         if not resume and self.is_main and (self.run_dir / LAST).is_file():
             log.warning("%s holds an earlier run (%s); starting afresh and overwriting it "
                         "(pass --resume to continue it instead)", self.run_dir, LAST)
-        self.device = resolve_device(train.device, distributed.local_rank())
+        self.device = distributed.resolve_device(train.device, distributed.local_rank(),
+                                                 option="train.device")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest convs
