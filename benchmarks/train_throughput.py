@@ -23,24 +23,33 @@ and matrix products, forward and backward; the optimizer step, normalisations an
 element-wise ops are not counted) in one pass per (size, iteration type) on the ``meta``
 device, so counting costs no compute and is kept out of the timings: the count depends
 only on shapes, not on the memory format or dtype. Achieved GFLOP/s = FLOPs of one
-iteration / median seconds per iteration, compared with a dense matmul peak measured in
-the same run (4096² fp32 on CPU with the same thread count, before and after the
-benchmark; on CUDA 8192² in fp32, TF32, bf16 and fp16).
+iteration / median seconds per iteration, compared with dense matmul peaks measured in
+the same run, before and after the benchmark (the better of the two is used): on CPU,
+with the same thread count, a 4096³ fp32 ``torch.matmul`` (MKL) and the same product as
+a channels_last 1x1 convolution (oneDNN, which runs the model's convolutions and is ~2x
+faster than MKL's sgemm on AMD CPUs); on CUDA 8192³ in fp32, TF32, bf16 and fp16.
+
+The table also gives the fastest timed iteration and, for each row, the CPU other
+processes took meanwhile (cores, from /proc/stat minus this process's CPU time): on a
+shared 2-core machine one busy neighbour slows this benchmark several times over, and the
+load average cannot show it because it counts the benchmark's own threads.
 
 Variants: contiguous vs ``channels_last`` (``--memory-format``) and, on CUDA, fp32 vs
 bf16 autocast (``--dtype``). On CUDA, fp32 convolutions run in TF32 when
 ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default), so fp32 rows are then
 compared with the TF32 peak; ``--tf32 on|off`` sets both matmul and cuDNN flags.
 
-Defaults keep the CPU run under ~10 minutes on 2 cores: batch 8 at 128 px and batch 4 at
-256 px (``--batch-size`` overrides both), 2 warm-up and 5 timed iterations; on CUDA batch
-32 and 20 timed iterations.
+Defaults keep the CPU run well under 10 minutes on 2 cores (about 4 minutes when the
+machine is otherwise idle): batch 8 at 128 px and batch 4 at 256 px (``--batch-size``
+overrides both), 2 warm-up and 5 timed iterations; on CUDA batch 32 and 20 timed
+iterations.
 
 Usage::
 
     python benchmarks/train_throughput.py [--sizes 128 256] [--batch-size N]
         [--warmup 2] [--iters 5] [--memory-format contiguous channels_last]
-        [--dtype fp32 bf16] [--threads N] [--device cpu|cuda] [--out FILE.json]
+        [--dtype fp32 bf16] [--threads N] [--device cpu|cuda] [--tf32 default|on|off]
+        [--types ...] [--out FILE.json]
 """
 
 from __future__ import annotations
