@@ -17,6 +17,8 @@ ones, then cheekRaiser_L/R and PupilDilate_L/R, weights in [0, 1]).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import functools
 import io
 import zipfile
@@ -224,26 +226,24 @@ class FaceModel:
         return v[..., self.landmarks68, :]
 
     # ------------------------------------------------------------------- masks
+    @staticmethod
+    def _indices(names: tuple[str, ...], known: Sequence[str], what: str) -> list[int]:
+        """Indices of ``names`` in ``known``; none or an unknown name is an InputError."""
+        if not names:
+            raise InputError(f"name at least one {what}: {', '.join(known)}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(f"unknown {what} {', '.join(map(repr, unknown))}; known: "
+                             f"{', '.join(known)}")
+        return [list(known).index(n) for n in names]
+
     def region_mask(self, *names: str) -> np.ndarray:
         """Boolean ``(V,)`` mask of the vertices in any of the named regions."""
-        if not names:
-            raise InputError(f"name at least one region: {', '.join(self.region_names)}")
-        unknown = [n for n in names if n not in self.region_names]
-        if unknown:
-            raise InputError(f"unknown region {', '.join(map(repr, unknown))}; known: "
-                             f"{', '.join(self.region_names)}")
-        ids = [self.region_names.index(n) for n in names]
-        return np.isin(self.vertex_region, ids)
+        return np.isin(self.vertex_region, self._indices(names, self.region_names, "region"))
 
     def material_vertices(self, *names: str) -> np.ndarray:
         """Boolean ``(V,)`` mask of the vertices used by triangles of the named materials."""
-        if not names:
-            raise InputError(f"name at least one material: {', '.join(self.material_names)}")
-        unknown = [n for n in names if n not in self.material_names]
-        if unknown:
-            raise InputError(f"unknown material {', '.join(map(repr, unknown))}; known: "
-                             f"{', '.join(self.material_names)}")
-        ids = [self.material_names.index(n) for n in names]
+        ids = self._indices(names, self.material_names, "material")
         mask = np.zeros(self.n_vertices, dtype=bool)
         mask[self.triangles[np.isin(self.triangle_material, ids)].ravel()] = True
         return mask
