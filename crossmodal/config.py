@@ -46,12 +46,14 @@ from .errors import CrossmodalError, InputError
 from .fileutil import atomic_write
 from .models.net import ModelConfig
 
-__all__ = ["AMP_MODES", "ConfigError", "DataConfig", "ExperimentConfig", "OptimConfig",
-           "TrainConfig", "config_from_dict", "config_to_dict", "load_config",
+__all__ = ["AMP_MODES", "LR_SCHEDULES", "ConfigError", "DataConfig", "ExperimentConfig",
+           "OptimConfig", "TrainConfig", "config_from_dict", "config_to_dict", "load_config",
            "save_run_config"]
 
 #: Values of :attr:`TrainConfig.amp`.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: Values of :attr:`OptimConfig.schedule`.
+LR_SCHEDULES = ("constant", "cosine")
 _BASE_KEY = "_base_"
 _OVERRIDE_FORM = "key=value with a dotted key, e.g. train.max_steps=100 or data.paired=[a,b]"
 
@@ -122,11 +124,38 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam, as in the paper (§4.1: learning rate 1e-4)."""
+    """Adam, as in the paper (§4.1: learning rate 1e-4), and its learning-rate schedule.
+
+    Attributes:
+        lr: the learning rate; with a schedule, its peak.
+        betas, weight_decay: Adam's.
+        schedule: one of :data:`LR_SCHEDULES`: ``constant`` (the paper: ``lr`` throughout)
+            or ``cosine`` (half a cosine from ``lr`` down to ``min_lr`` at the last step).
+        warmup_steps: the first steps rise linearly from ``lr / warmup_steps`` to ``lr``
+            (either schedule); 0 for none.
+        min_lr: where ``cosine`` ends.
+
+    The rate of every step is a function of the step alone
+    (:func:`crossmodal.engine.lr_schedule.learning_rate`), so a resumed run follows the
+    same curve with nothing saved.
+    """
 
     lr: float = 1.0e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in LR_SCHEDULES:
+            raise InputError(f"optim.schedule {self.schedule!r} is not one of "
+                             f"{', '.join(LR_SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise InputError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise InputError(f"optim.min_lr must be in [0, optim.lr={self.lr:g}], got "
+                             f"{self.min_lr:g}")
 
 
 @dataclass

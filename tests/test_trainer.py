@@ -5,6 +5,9 @@ import copy
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -13,9 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from crossmodal.checkpoint import build_model, load_checkpoint
 from crossmodal.cli import main
-from crossmodal.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict
+from crossmodal.config import (DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
+                               config_to_dict)
 from crossmodal.engine import schedule as schedule_module
 from crossmodal.engine.data import TrainSet, resize_sample
+from crossmodal.engine.lr_schedule import learning_rate
 from crossmodal.engine.trainer import Trainer
 from crossmodal.errors import CrossmodalError
 from crossmodal.models import ModelConfig
@@ -23,6 +28,8 @@ from crossmodal.models import ModelConfig
 from conftest import TINY_MODEL as TINY
 
 STEPS = 6
+#: A warm-up and a cosine decay, so that resuming must also restore the rate's position.
+OPTIM = OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=2, min_lr=1e-5)
 
 
 def config(data_root, run_dir, **train):
@@ -31,6 +38,7 @@ def config(data_root, run_dir, **train):
         data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
                         normal=["synth"], val=["synth"], image_size=64, batch_size=2,
                         num_workers=0),
+        optim=OPTIM,
         train=TrainConfig(**{"max_steps": STEPS, "log_every": 1, "val_every": 3,
                              "checkpoint_every": 0, **train}))
 
@@ -86,7 +94,9 @@ def test_tensorboard_has_losses_per_iteration_type_lr_val_and_panel(straight):
             "speed/images_per_s", "val/mean", "val/median", "val/below_20", "val/below_25",
             "val/below_30"} <= tags
     assert [e.step for e in acc.Scalars("val/mean")] == [3, STEPS]
-    assert [e.step for e in acc.Scalars("lr")] == list(range(1, STEPS + 1))
+    # The rate logged at step s is the one step s ran with (0-based index s - 1).
+    assert [(e.step, e.value) for e in acc.Scalars("lr")] == [
+        (s, pytest.approx(learning_rate(OPTIM, s - 1, STEPS))) for s in range(1, STEPS + 1)]
     panels = acc.Images("val/panel")
     assert [p.step for p in panels] == [3, STEPS]
     assert panels[-1].width > 4 * 64 and panels[-1].height > 2 * 64  # 2 samples x 4 tiles
@@ -109,10 +119,12 @@ def test_checkpoints_load_safely_and_rebuild_the_model(straight):
     torch.testing.assert_close(rebuilt, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_resume_reproduces_the_uninterrupted_run(straight, data_root, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(straight, data_root, tmp_path, monkeypatch):
     trainer_a, _ = straight
-    first = Trainer(config(data_root, tmp_path / "b", max_steps=3)).train()
-    assert first["step"] == 3
+    first = Trainer(config(data_root, tmp_path / "b"))
+    monkeypatch.setattr(first, "_stop_requested",
+                        lambda: signal.SIGINT if first.step == 3 else None)
+    assert first.train()["step"] == 3
     resumed = Trainer(config(data_root, tmp_path / "b"), resume=True)
     assert resumed.step == 3
     assert resumed.train()["step"] == STEPS
@@ -201,6 +213,33 @@ def test_crossmodal_train_command(data_root, tmp_path, capsys):
     assert capsys.readouterr().out == ""
     assert main(["-q", "train", str(path), f"run_dir={tmp_path / 'none'}", "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_failing_run_with_loader_workers_exits(data_root, tmp_path):
+    """An exception in the step loop must not leave the process waiting for its
+    DataLoader workers (they ignore SIGTERM, which is how exit would stop them)."""
+    cfg = config_to_dict(config(data_root, tmp_path / "fail"))
+    cfg["data"]["num_workers"] = 1
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    script = textwrap.dedent(f"""
+        import sys
+        from crossmodal.cli import main
+        from crossmodal.engine.trainer import Trainer
+        step = Trainer.train_step
+        def failing(self, batch):
+            if self.step == 1:
+                raise ValueError("injected failure")
+            return step(self, batch)
+        Trainer.train_step = failing
+        sys.exit(main(["-q", "train", {str(path)!r}]))
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the failed run did not exit within 120 s (waiting for its workers)")
+    assert done.returncode != 0 and "injected failure" in done.stderr
 
 
 def test_missing_dataset_folder_names_it_and_the_fix(data_root):

@@ -45,6 +45,7 @@ from ..metrics import AngularErrorMeter, angular_error
 from ..models import CrossModalNet
 from . import distributed
 from .data import TrainSet, train_loader, val_loader
+from .lr_schedule import learning_rate
 from .schedule import (
     Iteration, MixedBatchSchedule, iteration_losses, plan_for, resolve_proportions)
 
@@ -208,9 +209,10 @@ class Trainer:
         self._load_weights(checkpoint["model"], self.run_dir / LAST)
         if checkpoint["optimizer"] is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
-        # The config's hyper-parameters win, so a diverged run can resume with a lower lr.
+        # The config's hyper-parameters win, so a diverged run can resume with a lower lr
+        # (train_step sets each step's rate from it).
         for group in self.optimizer.param_groups:
-            group.update(lr=self.config.optim.lr, betas=tuple(self.config.optim.betas),
+            group.update(betas=tuple(self.config.optim.betas),
                          weight_decay=self.config.optim.weight_decay)
         if self.scaler.is_enabled() and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
@@ -276,8 +278,8 @@ class Trainer:
                        disable=not self.is_main, dynamic_ncols=True)
             self.model.train()
             self._since = (self.step, time.perf_counter())
+            batches = iter(loader)
             try:
-                batches = iter(loader)
                 while self.step < self.max_steps:
                     self.train_step(next(batches))
                     bar.update()
@@ -289,6 +291,11 @@ class Trainer:
                     self._log_losses(bar)  # the last step's (never due in _after_step)
             finally:
                 bar.close()
+                # Shut the loader's workers down now, also when an exception is on its way
+                # out (its traceback would keep the iterator alive): left to interpreter
+                # exit, they would get a SIGTERM, which they ignore, and the process would
+                # wait for them forever.
+                del batches
             if stopped_by is None:
                 self.validate()
             self.save_last()
@@ -334,6 +341,9 @@ class Trainer:
                                f"{expected}")
         batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
+        lr = learning_rate(self.config.optim, self.step, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         iterations = self.plan[kind]
         # Later iterations run on weights the earlier ones updated; keep the state before
         # the step so a non-finite loss there can still save it (costs a copy of model and
