@@ -42,7 +42,9 @@ def _run(argv: list[str]) -> None:
         raise CrossmodalError(f"`crossmodal {' '.join(argv)}` failed with status {code}")
 
 
-def _validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+def validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """``(steps, validation means)`` from a run directory's ``metrics.jsonl`` (empty
+    lists when there is none yet)."""
     steps, means = [], []
     metrics = run_dir / "metrics.jsonl"
     for line in metrics.read_text().splitlines() if metrics.is_file() else []:
@@ -81,7 +83,7 @@ def run(experiment: Path = EXPERIMENT, overrides: tuple[str, ...] = (), *,
           "--title", "Held-out synthetic identities (test split)"])
     timings["evaluation"] = time.perf_counter() - start
 
-    steps, means = _validation_curve(run_dir)
+    steps, means = validation_curve(run_dir)
     io.write_image(run_dir / "curve.png", viz.plot_curves(
         {"validation mean": (steps, means)}, title=f"{config.name}: validation angular error",
         ylabel="degrees"))

@@ -1,11 +1,20 @@
-"""Regenerate the README's figures: ``python docs/figures.py`` (writes docs/images/)."""
+"""Regenerate the README's figures (writes docs/images/):
 
+    python docs/figures.py                       # the convention sphere
+    python docs/figures.py --quickstart LABEL=RUN_DIR ...   # validation curves of runs
+
+The README's quickstart curve is ``--quickstart "make demo (1,400 steps)=runs/quickstart"
+"continued (--resume)=runs/quickstart_2600" "plain_unet, same budget=runs/quickstart_plain_unet"``.
+"""
+
+import argparse
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from crossmodal import io, viz
+from crossmodal.demo import validation_curve
 from crossmodal.normals import encode_rgb
 from crossmodal.shapes import orthographic_sphere
 
@@ -36,6 +45,25 @@ def convention_sphere(size: int = 192) -> np.ndarray:
                              "sfsnet convention"])
 
 
+def quickstart_curve(runs: dict[str, Path], target: float = 15.0) -> np.ndarray:
+    """Validation mean against step for each labelled run directory, with the issue's
+    target as a flat line."""
+    series = {label: validation_curve(run) for label, run in runs.items()}
+    last = max((steps[-1] for steps, _ in series.values() if steps), default=1)
+    series[f"{target:g} deg target"] = ([0, last], [target, target])
+    return viz.plot_curves(series, title="quickstart: validation mean angular error",
+                           ylabel="degrees", size=(720, 420))
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quickstart", nargs="+", metavar="LABEL=RUN_DIR")
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    io.write_image(OUT / "convention_sphere.png", convention_sphere())
+    if args.quickstart:
+        runs = dict(item.split("=", 1) for item in args.quickstart)
+        io.write_image(OUT / "quickstart_curve.png",
+                       quickstart_curve({k: Path(v) for k, v in runs.items()}))
+    else:
+        io.write_image(OUT / "convention_sphere.png", convention_sphere())
