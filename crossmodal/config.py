@@ -168,8 +168,9 @@ class TrainConfig:
         max_steps: if set, overrides ``epochs``: the number of batches to train on.
         seed: model initialisation, the batch sequence and augmentation derive from it.
         device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
-        amp: mixed precision on CUDA: 'auto' (bf16 where supported, else fp16), 'bf16',
-            'fp16' or 'off'; always off on CPU.
+        amp: mixed precision: 'auto' (on CUDA bf16 where supported, else fp16; on the CPU
+            off), 'bf16' (CUDA or CPU: fast on CPUs with native bf16), 'fp16' (CUDA only)
+            or 'off'.
         channels_last: memory format of activations and weights (faster on CPU and GPU).
         log_every, val_every, checkpoint_every: in steps; 0 disables (validation and a
             checkpoint still happen at the end).

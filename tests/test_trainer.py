@@ -21,7 +21,7 @@ from crossmodal.config import (DataConfig, ExperimentConfig, OptimConfig, TrainC
 from crossmodal.engine import schedule as schedule_module
 from crossmodal.engine.data import TrainSet, resize_sample
 from crossmodal.engine.lr_schedule import learning_rate
-from crossmodal.engine.trainer import Trainer
+from crossmodal.engine.trainer import Trainer, resolve_amp
 from crossmodal.errors import CrossmodalError
 from crossmodal.models import ModelConfig
 
@@ -263,3 +263,28 @@ def test_resize_sample_keeps_unit_normals_and_a_binary_mask():
     torch.testing.assert_close(length[valid], torch.ones(int(valid.sum())))
     assert small["mask"].sum() == 16 * 16 and valid[small["mask"]].all()
     assert resize_sample(item, 64)["normals"] is normals
+
+
+@pytest.mark.parametrize("mode, dtype", [("auto", None), ("off", None),
+                                         ("bf16", torch.bfloat16)])
+def test_amp_on_the_cpu_is_off_unless_bf16_is_asked_for(mode, dtype):
+    assert resolve_amp(mode, torch.device("cpu")) is dtype
+
+
+def test_fp16_on_the_cpu_is_a_clear_error():
+    with pytest.raises(CrossmodalError, match="train.amp=fp16 needs a CUDA device; on the "
+                                              "CPU use train.amp=bf16 or off"):
+        resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_bf16_training_on_the_cpu(data_root, tmp_path):
+    trainer = Trainer(config(data_root, tmp_path / "bf16", amp="bf16", max_steps=2,
+                             val_every=0))
+    assert trainer.amp_dtype is torch.bfloat16 and not trainer.scaler.is_enabled()
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    result = trainer.train()
+    assert result["step"] == 2 and 0 < result["val"]["val/mean"] < 180
+    after = trainer.net.state_dict()
+    # Autocast computes in bf16 but the weights, and so the checkpoint, stay float32.
+    assert all(v.dtype == before[k].dtype for k, v in after.items())
+    assert any(not torch.equal(v, before[k]) for k, v in after.items())
