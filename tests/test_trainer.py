@@ -282,7 +282,11 @@ def test_bf16_training_on_the_cpu(data_root, tmp_path):
                              val_every=0))
     assert trainer.amp_dtype is torch.bfloat16 and not trainer.scaler.is_enabled()
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    dtypes = set()
+    trainer.net.register_forward_hook(
+        lambda module, inputs, outputs: dtypes.update(t.dtype for t in outputs.values()))
     result = trainer.train()
+    assert dtypes == {torch.bfloat16}  # every training and validation forward ran in bf16
     assert result["step"] == 2 and 0 < result["val"]["val/mean"] < 180
     after = trainer.net.state_dict()
     # Autocast computes in bf16 but the weights, and so the checkpoint, stay float32.
