@@ -6,8 +6,9 @@ Starting from a face-like surface with exact depth and normals
 (:func:`crossmodal.shapes.face_relief`), it runs every piece of the geometric core and
 measures each against the analytic answer:
 
-1. depth -> normals (seed 003's Sobel recipe), scored with the §6 metrics;
-2. normal-map files: EXR in our convention and in seed 000's, 16-bit PNG, read back;
+1. depth -> normals (a Blender tutorial's Sobel recipe, docs/design.md §10), scored with
+   the metrics of docs/design.md §6;
+2. normal-map files: EXR in our convention and in Datagen's, 16-bit PNG, read back;
 3. normals -> depth (Poisson least squares) and a relief mesh;
 4. relighting under four lights.
 
@@ -51,13 +52,13 @@ def run(out: Path, size: int = 256) -> dict:
     face = face_relief(size)
     steps: dict[str, dict] = {}
 
-    # 1. Depth -> normals, the seed-003 recipe with a normalised 5x5 Sobel.
+    # 1. Depth -> normals, the Blender tutorial's recipe with a normalised 5x5 Sobel.
     from_depth, valid = geometry.depth_to_normals(face.depth, face.mask)
     steps["depth_to_normals"] = _score(from_depth, valid, face.normals)
     errors, err_valid = angular_error(_to_torch(from_depth), _to_torch(face.normals),
                                       torch.from_numpy(valid)[None])
 
-    # 2. Files: ours (float EXR), seed 000's RGB-encoded EXR, 16-bit PNG; all read back.
+    # 2. Files: ours (float EXR), Datagen's RGB-encoded EXR, 16-bit PNG; all read back.
     files = {
         "normals.exr": {},
         "normals_datagen.exr": {"convention": "datagen", "encoding": "rgb"},

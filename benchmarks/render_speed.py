@@ -1,15 +1,13 @@
 """Speed of :func:`crossmodal.render.render` on a face-sized mesh at 256 x 256.
 
-The synthetic dataset renders ~1,000 faces of ~52k triangles (ICT-FaceKit Light: 52,220);
-this times one render of such a mesh, with and without cast shadows, and the part of it
-spent in Embree alone (building the scene from a new mesh and casting one ray per pixel),
-which no code of ours can speed up.
+The synthetic dataset renders ~1,000 faces of the packaged ICT-FaceKit Light model
+(docs/design.md §9), 48,836 triangles each; this times one render of its neutral face, with
+and without cast shadows, and the part of it spent in Embree alone (building the scene from a
+new mesh and casting one ray per pixel), which no code of ours can speed up.
 
-The mesh is the ICT-FaceKit neutral face when ``../shared/data/ict_facekit/`` holds it
-(DESIGN.md §9), else an icosphere of subdivision 6 cut to the 52,220 triangles nearest the
-camera (an open cap, like a face). Every render gets a freshly rotated copy, as the dataset
-renders a new mesh each time. Embree builds its BVH on all the cores this process may use:
-run under ``taskset -c 0`` for one-core figures.
+Every render gets a freshly rotated copy, as the dataset renders a new mesh each time.
+Embree builds its BVH on all the cores this process may use: run under ``taskset -c 0``
+for one-core figures.
 
 Usage::
 
@@ -31,23 +29,19 @@ from trimesh.ray.ray_pyembree import RayMeshIntersector
 
 from crossmodal.geometry import Light
 from crossmodal.render import Camera, render
+from crossmodal.synth.face_model import FaceModel
 
 ROOT = Path(__file__).resolve().parents[1]
-ICT = ROOT.parent / "shared" / "data" / "ict_facekit" / "ict_face_model_light.npz"
-N_TRIANGLES = 52_220
 LIGHTS = (Light((0.4, 0.5, 1.0), intensity=0.8), Light((-1.0, 0.2, 0.4), intensity=0.4))
 
 
-def face_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """``(vertices, triangles, landmarks, name)``, centred, about 25 units across."""
-    if ICT.exists():
-        data = np.load(ICT)
-        vertices = data["neutral_vertices"].astype(np.float64)
-        return (vertices - vertices.mean(0), data["triangles"].astype(np.int64),
-                data["landmarks68"].astype(np.int64), "ICT-FaceKit neutral")
-    sphere = trimesh.creation.icosphere(subdivisions=6)
-    keep = np.argsort(-sphere.triangles_center[:, 2])[:N_TRIANGLES]
-    return sphere.vertices * 12.0, sphere.faces[keep], None, "icosphere-6 cap"
+def face_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(vertices, triangles, landmarks, name)`` of the packaged neutral face, centred,
+    about 25 units (cm) across."""
+    model = FaceModel.load()
+    vertices = model.neutral.astype(np.float64)
+    return (vertices - vertices.mean(0), model.triangles, model.landmarks68,
+            "ICT-FaceKit Light neutral")
 
 
 def rotation(rng: np.random.Generator, max_deg: float = 30.0) -> np.ndarray:

@@ -137,8 +137,8 @@ def count_flops(kind: str, batch: int, size: int) -> dict[str, float]:
 def image_to_normal_path_gmac(size: int) -> dict[str, float]:
     """Forward GMAC per image of the inference path, E_I + D_N with skips (no D_I), and
     of E_N with its full-resolution branch, which the authors' released forward also
-    computes on every input (DESIGN.md §7: "computed but unused"); the two together are
-    DESIGN.md §9's ~33 GMAC at 256²."""
+    computes on every input (docs/design.md §7: "computed but unused"); the two together are
+    docs/design.md §9's ~33 GMAC at 256²."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):

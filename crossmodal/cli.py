@@ -1,4 +1,4 @@
-"""The ``crossmodal`` command line (DESIGN.md §5).
+"""The ``crossmodal`` command line (docs/design.md §5).
 
 Each command lives in a module of :mod:`crossmodal.commands` exposing
 ``register(subparsers)``, which adds its parser(s) and sets ``func`` to a callable taking

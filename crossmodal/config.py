@@ -29,7 +29,6 @@ builds the dataclasses, and :func:`config_to_dict` turns them into lists again.
 from __future__ import annotations
 
 import math
-import subprocess
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -41,14 +40,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data.augment import AugmentConfig
-from .data.format import KINDS
+from .data.format import KIND_ENTRIES, KINDS
 from .errors import CrossmodalError, InputError
 from .fileutil import atomic_write
-from .models.net import ModelConfig
+from .image_size import check_image_size
+from .models.losses import LOSS_TERMS
+from .models.net import ROUTE_INPUTS, ROUTE_OUTPUTS, ROUTES, ModelConfig
+from .provenance import git_state
 
 __all__ = ["AMP_MODES", "LR_SCHEDULES", "ConfigError", "DataConfig", "ExperimentConfig",
-           "OptimConfig", "TrainConfig", "config_from_dict", "config_to_dict", "load_config",
-           "save_run_config"]
+           "OptimConfig", "ScheduleConfig", "TrainConfig", "config_from_dict", "config_to_dict",
+           "load_config", "save_run_config"]
 
 #: Values of :attr:`TrainConfig.amp`.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -69,7 +71,7 @@ class DataConfig:
     Attributes:
         root: data root; relative dataset paths below are resolved against it (and it,
             if relative, against the current directory).
-        paired, image, normal: dataset folders (DESIGN.md §3) providing each data type:
+        paired, image, normal: dataset folders (docs/design.md §3) providing each data type:
             a folder listed under ``paired`` contributes its paired rows, under ``image``
             its image-only rows, under ``normal`` its normal-only rows.
         val: dataset folders whose ``val_split`` rows (paired) are used for validation.
@@ -112,14 +114,73 @@ class DataConfig:
         if not all(math.isfinite(s) and s >= 0 for s in shares) or not sum(shares) > 0:
             raise InputError(f"data.proportions must be non-negative numbers, at least one "
                              f"positive, got {dict(self.proportions)}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise InputError(f"data.image_size must be a positive multiple of 32 (the encoder "
-                             f"downsamples 5 times), got {self.image_size}")
+        check_image_size(self.image_size, "data.image_size", "set it to")
         if self.batch_size < 1 or self.num_workers < 0:
             raise InputError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got "
                              f"{self.batch_size} and {self.num_workers}")
         if self.augment is not None:
             AugmentConfig.from_dict(self.augment)  # raises on an unknown or invalid option
+
+
+@dataclass
+class ScheduleConfig:
+    """The mixed-batch schedule of paper §3.3 as data: the passes a batch of each data type
+    runs, and the weight of each loss term.
+
+    Attributes:
+        paired, image, normal: the routes (model passes, :data:`~crossmodal.models.ROUTES`)
+            a batch of that type runs, in order, each its own optimizer step (zero_grad,
+            forward, backward, step). §3.3: a paired batch runs normal->normal (skips off)
+            and then image->normal, an image-only batch image->image, a normal-only batch
+            normal->normal. A route must find its input and its loss targets in the type's
+            samples.
+        loss_weights: ``{route: {term: weight}}``: the loss terms each pass sums, weighted
+            (``normal``: eq. 1, the masked cosine loss on the normals; ``image``: eq. 2, the
+            masked L2 loss on the decoded image; the paper weighs them equally). A weight
+            of 0 leaves the term out, so parameters only it reaches get no gradient; a pass
+            left without terms is not run, and a data type left without passes gets no
+            batches.
+
+    A schedule ablation is a diff, e.g. ``schedule.loss_weights.image_to_image.image=0``.
+    """
+
+    paired: list[str] = field(default_factory=lambda: ["normal_to_normal", "image_to_normal"])
+    image: list[str] = field(default_factory=lambda: ["image_to_image"])
+    normal: list[str] = field(default_factory=lambda: ["normal_to_normal"])
+    loss_weights: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        "normal_to_normal": {"normal": 1.0},
+        "image_to_normal": {"normal": 1.0, "image": 1.0},
+        "image_to_image": {"image": 1.0}})
+
+    def __post_init__(self) -> None:
+        for route, terms in self.loss_weights.items():
+            if route not in ROUTES:
+                raise InputError(f"unknown route 'schedule.loss_weights.{route}'; valid: "
+                                 f"{', '.join(ROUTES)}")
+            valid = [t for t, (output, _) in LOSS_TERMS.items()
+                     if output in ROUTE_OUTPUTS[route]]
+            for term, weight in terms.items():
+                if term not in valid:
+                    raise InputError(f"unknown loss term 'schedule.loss_weights.{route}.{term}';"
+                                     f" the {route} pass has {', '.join(valid)}")
+                if not (math.isfinite(weight) and weight >= 0):
+                    raise InputError(f"schedule.loss_weights.{route}.{term} must be a "
+                                     f"non-negative number, got {weight}")
+        for kind in KINDS:
+            for route in getattr(self, kind):
+                if route not in ROUTES:
+                    raise InputError(f"schedule.{kind}: unknown route {route!r}; valid: "
+                                     f"{', '.join(ROUTES)}")
+                weights = self.loss_weights.get(route, {})
+                needs = {ROUTE_INPUTS[route], *(LOSS_TERMS[t][0] for t, w in weights.items() if w)}
+                missing = sorted(needs - set(KIND_ENTRIES[kind]))
+                if missing:
+                    raise InputError(f"schedule.{kind}: the {route} pass needs "
+                                     f"{' and '.join(missing)}, which {kind} samples do not "
+                                     f"have")
+                if route not in self.loss_weights:
+                    raise InputError(f"schedule.{kind} runs {route}, but "
+                                     f"schedule.loss_weights has no {route} entry")
 
 
 @dataclass
@@ -209,12 +270,13 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: a name, the run directory, and the four sections."""
+    """One experiment: a name, the run directory, and the five sections."""
 
     name: str = "experiment"
     run_dir: str = "runs/${name}"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -292,7 +354,7 @@ def save_run_config(config: ExperimentConfig, run_dir: str | Path, overrides: Se
     text = header + yaml.safe_dump(_literal(config_to_dict(config)), sort_keys=False)
     _write_text(run_dir / "config.yaml", text)
     _write_text(run_dir / "overrides.txt", "".join(f"{item}\n" for item in overrides))
-    _write_text(run_dir / "git.txt", f"{_git_state()}\n")
+    _write_text(run_dir / "git.txt", f"{git_state()}\n")
 
 
 def _file_layers(path: Path, chain: tuple[Path, ...]) -> list[_Layer]:
@@ -442,26 +504,3 @@ def _literal(value: Any) -> Any:
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _git_state() -> str:
-    """``COMMIT``, ``COMMIT dirty`` or ``unknown``, for the repository holding this package.
-
-    Not cached: unlike the code, which is fixed at import, the work tree may change during
-    a session and this records it when each run starts.
-    """
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=30)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        commit = head.stdout.strip()
-        if head.returncode or not commit:
-            return "unknown"
-        status = git("status", "--porcelain")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if status.returncode:
-        return f"{commit} (work tree state unknown)"
-    return f"{commit} dirty" if status.stdout.strip() else commit

@@ -1,4 +1,4 @@
-"""The face crop protocol (DESIGN.md §4, paper §4.1): one implementation for every producer.
+"""The face crop protocol (docs/design.md §4, paper §4.1): one implementation for every producer.
 
 68 landmarks (iBUG 300-W order; any ``(K, 2)`` set works) → bounding box of the points →
 side ``l`` = its longer side → square of side ``scale * l`` (1.2) centred on the box

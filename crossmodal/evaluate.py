@@ -1,15 +1,20 @@
 """Evaluation: a model's angular error on a dataset split, and ablation tables of results.
 
-:func:`evaluate` runs the image->normal pass over every paired row of a split and
-accumulates :class:`~crossmodal.metrics.AngularErrorMeter` (DESIGN.md §6);
-:func:`evaluate_checkpoint` does the same for a checkpoint file and adds what the result
-came from. :func:`metrics_json` writes a result as the ``crossmodal eval`` JSON::
+:func:`score` runs the one inference path (:class:`~crossmodal.inference.NormalPredictor`)
+over batches of paired samples and accumulates :class:`~crossmodal.metrics.AngularErrorMeter`
+against the ground truth at the dataset's own resolution (docs/design.md §6); the trainer's
+validation and :func:`evaluate` both use it, so they measure the same thing.
+:func:`evaluate` does it for a split of a dataset folder; :func:`evaluate_checkpoint` for a
+checkpoint file, adding what the result came from. :func:`metrics_json` writes a result as
+the ``crossmodal eval`` JSON::
 
     {"n_images": int, "n_pixels": int, "mean": float, "std": float, "median": float,
      "pixel_mean": float, "below": {"20": pct, "25": pct, "30": pct},
      "dataset": str, "split": str, "checkpoint": str,          # the §6 keys, then extras:
      "experiment": str | null,   # the checkpoint config's "name"
      "variant": str,             # the model variant (model.variant)
+     "image_size": int,          # the dataset's resolution, where it was scored
+     "model_image_size": int | null,  # where the network ran (null: at image_size)
      "n_excluded_pred": int,     # evaluated pixels whose prediction was NaN/inf/zero
      "n_empty_images": int}      # images without a valid pixel (not in n_images)
 
@@ -26,29 +31,29 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from . import viz
-from .checkpoint import build_model, load_checkpoint
+from .checkpoint import load_checkpoint
 from .data import FaceNormalsDataset
-from .engine.distributed import resolve_device
 from .errors import CrossmodalError
+from .inference import NormalPredictor
 from .metrics import AngularErrorMeter, angular_error
 
-__all__ = ["EVAL_FILE", "JSON_KEYS", "ERROR_VMAX", "evaluate", "evaluate_checkpoint",
-           "load_result", "metrics_json", "report_table"]
+__all__ = ["EVAL_FILE", "JSON_KEYS", "ERROR_VMAX", "draw_panel", "evaluate",
+           "evaluate_checkpoint", "load_result", "metrics_json", "paired_split",
+           "report_table", "score"]
 
 log = logging.getLogger(__name__)
 
-#: The keys DESIGN.md §6 fixes for the ``crossmodal eval`` JSON, in its order.
+#: The keys docs/design.md §6 fixes for the ``crossmodal eval`` JSON, in its order.
 JSON_KEYS = ("n_images", "n_pixels", "mean", "std", "median", "pixel_mean", "below",
              "dataset", "split", "checkpoint")
 THRESHOLD_KEYS = ("20", "25", "30")
@@ -56,138 +61,118 @@ THRESHOLD_KEYS = ("20", "25", "30")
 EVAL_FILE = "eval.json"
 #: Error maps in panels saturate at this many degrees.
 ERROR_VMAX = 45.0
-#: The encoder downsamples five times.
-SIZE_MULTIPLE = 32
 
 PathLike = str | os.PathLike
 
 
-def _paired_split(dataset_root: PathLike, split: str) -> FaceNormalsDataset:
-    """The paired rows of ``split``; refuses empty splits and sizes the model cannot take."""
+def paired_split(dataset_root: PathLike, split: str) -> FaceNormalsDataset:
+    """The paired rows of ``split`` of a dataset folder; an empty split is an error."""
     dataset = FaceNormalsDataset(dataset_root, split, kinds=("paired",))
     if len(dataset) == 0:
         raise CrossmodalError(f"no paired samples in split {split!r} of {dataset_root}; "
                               f"evaluate another --split or check samples.csv")
-    size = dataset.info.image_size
-    if size % SIZE_MULTIPLE:
-        raise CrossmodalError(
-            f"{dataset_root}: image_size {size} is not a multiple of {SIZE_MULTIPLE}, which "
-            f"the model needs (its encoder downsamples 5 times); re-crop the dataset to e.g. "
-            f"{max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)}")
     return dataset
 
 
-def _panel_rows(batch: dict, pred: torch.Tensor, count: int) -> list[list[np.ndarray]]:
-    """Tiles ``[input, prediction, ground truth, error map]`` (each ``(H, W, 3)`` uint8)
-    for the first ``count`` samples of a batch; ``pred`` is ``(B, 3, H, W)``."""
-    err, valid = angular_error(pred[:count], batch["normals"][:count], batch["mask"][:count])
-    rows = []
-    for i in range(min(count, pred.shape[0])):
+def score(predictor: NormalPredictor, batches: Iterable[dict[str, Any]],
+          meter: AngularErrorMeter) -> AngularErrorMeter:
+    """Add the angular errors of ``predictor`` on ``batches`` to ``meter``.
+
+    Each batch is a collated dict with ``"image"`` ``(B, 3, H, W)``, ``"normals"`` ``(B, 3,
+    H, W)`` and ``"mask"`` ``(B, H, W)``; predictions come back at the batch's own ``H x W``
+    and are compared with its ground truth as it is (never resized). Returns ``meter``.
+    """
+    for batch in batches:
+        pred = predictor(batch["image"])
+        meter.update(pred, batch["normals"].to(pred.device, non_blocking=True),
+                     batch["mask"].to(pred.device, non_blocking=True))
+    return meter
+
+
+def draw_panel(predictor: NormalPredictor, dataset: Dataset, count: int) -> np.ndarray | None:
+    """A picture of the first ``count`` samples of ``dataset`` (paired items with ``"id"``,
+    ``"image"``, ``"normals"``, ``"mask"``), one row each: input | prediction | ground
+    truth | error map (0 black to :data:`ERROR_VMAX` degrees and above yellow), labelled
+    with the sample id and its mean error. RGB uint8 ``(H', W', 3)``; None when empty."""
+    count = min(count, len(dataset))
+    if count < 1:
+        return None
+    batch = default_collate([dataset[i] for i in range(count)])
+    pred = predictor(batch["image"]).cpu()
+    errors, valid = angular_error(pred, batch["normals"], batch["mask"])
+    tiles, labels = [], []
+    for i in range(count):
         mask = batch["mask"][i].numpy()
         gt = batch["normals"][i].permute(1, 2, 0).numpy()
-        rows.append([
+        valid_i = valid[i].numpy()
+        mean = float(errors[i][valid[i]].mean()) if valid_i.any() else float("nan")
+        tiles += [
             viz.to_uint8(batch["image"][i].permute(1, 2, 0).numpy()),
             # Drawn over the facial mask only, like the ground truth; NaN (a broken
             # model) as black rather than an undefined cast.
             viz.normals_to_rgb(np.nan_to_num(pred[i].permute(1, 2, 0).numpy()), valid=mask),
             viz.normals_to_rgb(gt, valid=mask & np.any(gt != 0, axis=-1)),
-            viz.error_to_rgb(err[i].numpy(), valid[i].numpy(), vmax=ERROR_VMAX),
-        ])
-    return rows
+            viz.error_to_rgb(errors[i].numpy(), valid_i, vmax=ERROR_VMAX),
+        ]
+        labels += [str(batch["id"][i]), "prediction", "ground truth", f"error {mean:.1f} deg"]
+    return viz.panel(tiles, labels, ncols=4)
 
 
 def evaluate(
-    model: nn.Module,
+    predictor: NormalPredictor,
     dataset_root: PathLike,
     *,
     split: str = "test",
-    batch_size: int = 8,
-    device: str | torch.device = "auto",
     num_workers: int = 0,
     progress: bool = True,
     panel_count: int = 0,
 ) -> tuple[dict, np.ndarray | None]:
-    """Angular error of ``model``'s image->normal predictions on the paired rows of a split.
+    """Angular error of ``predictor`` on the paired rows of a split of a dataset folder.
 
-    Runs ``model(images, "image_to_normal")["normals"]`` (``(B, 3, H, W)`` in, ``(B, 3, H,
-    W)`` out) in eval mode, without gradients and with autocast off (half precision is
-    too coarse for small angles), in the dataset's order, and compares it with the ground
-    truth over each sample's facial mask.
+    The crops are read in the dataset's order at the dataset's resolution; the predictor
+    runs the network at its own resolution and returns normals at the crops' size, which
+    are compared with the ground truth over each sample's facial mask.
 
     Args:
-        model: a :class:`~crossmodal.models.CrossModalNet` or anything with its
-            ``forward(x, route)``; moved to ``device`` in place, its train/eval mode is
-            restored afterwards.
-        dataset_root: a dataset folder (DESIGN.md §3) with ``image_size`` a multiple of 32.
+        predictor: the inference path, e.g. ``NormalPredictor(model, image_size=256)`` or
+            :meth:`NormalPredictor.from_checkpoint`; its ``batch_size`` sets the batches.
+        dataset_root: a dataset folder (docs/design.md §3).
         split: ``"train"``, ``"val"`` or ``"test"``.
-        batch_size: images per forward pass.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda[:N]"``.
         num_workers: DataLoader processes reading the files.
         progress: show a progress bar over batches (stderr).
-        panel_count: if positive, also draw a panel of the first ``panel_count`` samples.
+        panel_count: if positive, also draw :func:`draw_panel` of the first samples.
 
     Returns:
         ``(summary, panel)``: the :meth:`AngularErrorMeter.summary` dict (the §6 metrics
-        plus ``n_excluded_pred`` and ``n_empty_images``), and ``None`` or an RGB uint8
-        ``(H', W', 3)`` image with one row per sample: input | prediction | ground truth |
-        error map (0 black to :data:`ERROR_VMAX` degrees and above yellow).
+        plus ``n_excluded_pred`` and ``n_empty_images``) with ``image_size``, the
+        dataset's resolution, added; and the panel or None.
 
     Raises:
-        CrossmodalError: an unreadable dataset, an empty split, an image size the model
-            cannot take, a device that does not exist, ``batch_size`` < 1.
+        CrossmodalError: an unreadable dataset, an empty split, a size the model cannot
+            take, ``num_workers`` < 0.
     """
-    if batch_size < 1:
-        raise CrossmodalError(f"batch size must be at least 1, got {batch_size}")
-    dev = resolve_device(device, option="--device")
-    return _evaluate(model, _paired_split(dataset_root, split), batch_size=batch_size,
-                     device=dev, num_workers=num_workers, progress=progress,
-                     panel_count=panel_count)
+    return _evaluate(predictor, paired_split(dataset_root, split), num_workers=num_workers,
+                     progress=progress, panel_count=panel_count)
 
 
-def _evaluate(
-    model: nn.Module,
-    dataset: FaceNormalsDataset,
-    *,
-    batch_size: int,
-    device: torch.device,
-    num_workers: int,
-    progress: bool,
-    panel_count: int,
-) -> tuple[dict, np.ndarray | None]:
-    """:func:`evaluate` on an opened dataset and a resolved device."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    meter = AngularErrorMeter(device=device)
-    tiles: list[list[np.ndarray]] = []
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-            for batch in tqdm(loader, desc=f"eval {dataset.split}", unit="batch",
-                              disable=not progress):
-                images = batch["image"].to(device, non_blocking=True)
-                if device.type == "cpu":
-                    # oneDNN convolutions run 1.1-1.9x faster in NHWC (DESIGN.md §9).
-                    images = images.contiguous(memory_format=torch.channels_last)
-                pred = model(images, "image_to_normal")["normals"].float()
-                meter.update(pred, batch["normals"].to(device, non_blocking=True),
-                             batch["mask"].to(device, non_blocking=True))
-                if len(tiles) < panel_count:
-                    tiles += _panel_rows(batch, pred.cpu(), panel_count - len(tiles))
-    finally:
-        model.train(was_training)
-    summary = meter.summary()
+def _evaluate(predictor: NormalPredictor, dataset: FaceNormalsDataset, *, num_workers: int,
+              progress: bool, panel_count: int) -> tuple[dict, np.ndarray | None]:
+    """:func:`evaluate` on an opened split."""
+    if num_workers < 0:
+        raise CrossmodalError(f"the number of workers must be at least 0, got {num_workers}")
+    split = dataset.split
+    device = predictor.device
+    loader = DataLoader(dataset, batch_size=predictor.batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    batches = tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress)
+    summary = score(predictor, batches, AngularErrorMeter(device=device)).summary()
+    summary["image_size"] = dataset.info.image_size
     if summary["n_excluded_pred"] or summary["n_empty_images"]:
         log.warning("%s/%s: %d evaluated pixels had an unusable (NaN, inf or zero) "
                     "prediction and were left out; %d images had no valid pixel",
-                    dataset.root, dataset.split, summary["n_excluded_pred"],
+                    dataset.root, split, summary["n_excluded_pred"],
                     summary["n_empty_images"])
-    panel = None
-    if tiles:
-        labels = [label for sample in dataset.samples[:len(tiles)]
-                  for label in (sample.id, "prediction", "ground truth",
-                                f"error 0-{ERROR_VMAX:g} deg")]
-        panel = viz.panel([tile for row in tiles for tile in row], labels, ncols=4)
+    panel = draw_panel(predictor, dataset, panel_count) if panel_count > 0 else None
     return summary, panel
 
 
@@ -198,34 +183,30 @@ def evaluate_checkpoint(
     split: str = "test",
     batch_size: int = 8,
     device: str | torch.device = "auto",
+    image_size: int | None = None,
     num_workers: int = 0,
     progress: bool = True,
     panel_count: int = 0,
 ) -> tuple[dict, np.ndarray | None]:
-    """:func:`evaluate` the model rebuilt from a checkpoint (DESIGN.md §8).
+    """:func:`evaluate` the model rebuilt from a checkpoint (docs/design.md §8).
 
-    Arguments are :func:`evaluate`'s. The returned summary is the eval JSON content (see
-    the module docstring): the metrics, then the §6 keys ``dataset`` (the
-    ``dataset.json`` name, or the folder name if empty), ``split`` and ``checkpoint``
-    (the path as given), then the extras ``experiment`` (the checkpoint config's
-    ``name``, None without one), ``variant``, ``n_excluded_pred`` and
-    ``n_empty_images``. The panel is :func:`evaluate`'s.
+    The network runs at the resolution the checkpoint was trained at (its
+    ``data.image_size``) unless ``image_size`` overrides it; the other arguments are
+    :func:`evaluate`'s and :class:`~crossmodal.inference.NormalPredictor`'s. The returned
+    summary is the eval JSON content (see the module docstring): the metrics, then the §6
+    keys ``dataset`` (the ``dataset.json`` name, or the folder name if empty), ``split`` and
+    ``checkpoint`` (the path as given), then the extras.
 
     Raises:
-        CrossmodalError: as :func:`evaluate`, and a missing or unusable checkpoint.
+        CrossmodalError: as :func:`evaluate`, and a missing or unusable checkpoint, a
+            device that does not exist, ``batch_size`` < 1.
     """
-    if batch_size < 1:
-        raise CrossmodalError(f"batch size must be at least 1, got {batch_size}")
-    dev = resolve_device(device, option="--device")
     # Checked before the checkpoint is read: a wrong folder fails fast.
-    dataset = _paired_split(dataset_root, split)
+    dataset = paired_split(dataset_root, split)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint)
-    if dev.type == "cpu":
-        # The model is ours to change: NHWC weights too, so no conv reorders them per call.
-        model = model.to(memory_format=torch.channels_last)
-    summary, panel = _evaluate(model, dataset, batch_size=batch_size, device=dev,
-                               num_workers=num_workers, progress=progress,
+    predictor = NormalPredictor.from_checkpoint(checkpoint, device=device,
+                                                image_size=image_size, batch_size=batch_size)
+    summary, panel = _evaluate(predictor, dataset, num_workers=num_workers, progress=progress,
                                panel_count=panel_count)
     metrics = {k: summary[k] for k in JSON_KEYS if k in summary}
     metrics.update(
@@ -233,7 +214,9 @@ def evaluate_checkpoint(
         split=split,
         checkpoint=str(checkpoint_path),
         experiment=checkpoint["config"].get("name"),
-        variant=model.config.variant,
+        variant=predictor.model.config.variant,
+        image_size=summary["image_size"],
+        model_image_size=predictor.image_size,
         n_excluded_pred=summary["n_excluded_pred"],
         n_empty_images=summary["n_empty_images"],
     )

@@ -1,4 +1,4 @@
-"""Reading and writing images, masks and normal maps (DESIGN.md §2, §3).
+"""Reading and writing images, masks and normal maps (docs/design.md §2, §3).
 
 Every reader returns arrays in the package's conventions: images float32 ``(H, W, 3)`` RGB
 in [0, 1], masks bool ``(H, W)``, normals float32 ``(H, W, 3)`` unit vectors in our camera
@@ -315,7 +315,7 @@ def read_normals(
         convention, encoding: how the file is stored; default: what the file declares (EXR
             header / JSON sidecar), else 'opengl' and 'vector' ('rgb' for PNG). Given
             explicitly they override the declaration (with a warning if they disagree),
-            e.g. ``convention='datagen', encoding='rgb'`` for the seed-000 EXR files.
+            e.g. ``convention='datagen', encoding='rgb'`` for Datagen's EXR files.
         mask: ``(H, W)`` bool or 0/1/0-255; pixels outside it become invalid.
         renormalize: rescale valid vectors to unit length and drop non-finite ones as
             invalid instead of raising; a correction, so use it only on maps known to be
@@ -378,7 +378,7 @@ def write_normals(
 ) -> Path:
     """Write our ``(H, W, 3)`` normals stored in ``convention``; the file records it.
 
-    ``.exr``: float32 R, G, B (ZIP), encoding 'vector' (default) or 'rgb' (seed-000 style),
+    ``.exr``: float32 R, G, B (ZIP), encoding 'vector' (default) or 'rgb' (Datagen style),
     in header attributes. ``.png``: 16-bit ``encode_rgb``. ``.npy``: float32 vectors (or
     'rgb'). PNG and NPY get a JSON sidecar ``<path>.json``. Pixels outside ``mask`` and zero
     vectors are written as invalid (zero vector / black).

@@ -1,4 +1,4 @@
-"""Angular error of predicted normal maps: the one metric implementation (DESIGN.md §6).
+"""Angular error of predicted normal maps: the one metric implementation (docs/design.md §6).
 
 Per pixel the error is the angle in degrees between the prediction and the ground truth,
 over mask pixels where both vectors are usable. :func:`angular_error` gives the per-pixel
@@ -31,11 +31,10 @@ import torch
 import torch.distributed as dist
 
 from .errors import InputError
+from .vectors import unit_vectors
 
 __all__ = ["AngularErrorMeter", "angular_error", "summarize"]
 
-#: Vectors shorter than this are "zero length" (as in :func:`crossmodal.normals.normalize`).
-EPS = 1e-6
 DEFAULT_THRESHOLDS = (20.0, 25.0, 30.0)
 
 
@@ -50,22 +49,6 @@ def _batched(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def _scaled(v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, 3, H, W)`` vectors -> (same directions with max |component| 1, valid (B, H, W)).
-
-    Dividing by the largest component first keeps the squares in range for any finite
-    input; the angle does not depend on length, so this is all the renormalising needed.
-    Unusable vectors (non-finite, shorter than :data:`EPS`) become zero.
-    """
-    v = v.detach().to(dtype)
-    finite = torch.isfinite(v).all(dim=1)
-    v = torch.where(finite.unsqueeze(1), v, 0.0)
-    scale = v.abs().amax(dim=1, keepdim=True)
-    v = v / scale.clamp_min(torch.finfo(v.dtype).tiny)
-    valid = finite & (torch.linalg.vector_norm(v, dim=1) * scale.squeeze(1) > EPS)
-    return torch.where(valid.unsqueeze(1), v, 0.0), valid
-
-
 def _errors(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,8 +59,9 @@ def _errors(
                          f"differ in shape")
     # float32 at least: half precision (AMP) is too coarse for small angles.
     dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
-    p, p_ok = _scaled(pred, dtype)
-    t, t_ok = _scaled(target.to(pred.device), dtype)
+    p, p_ok = unit_vectors(pred.detach().to(dtype))
+    t, t_ok = unit_vectors(target.detach().to(device=pred.device, dtype=dtype))
+    p_ok, t_ok = p_ok.squeeze(1), t_ok.squeeze(1)
     usable = t_ok
     if mask is not None:
         m = mask.to(pred.device)
@@ -113,7 +97,8 @@ def angular_error(
     Returns:
         ``(errors, valid)``: float32 ``(B, H, W)`` errors in [0, 180] and the bool
         ``(B, H, W)`` pixels that count: inside ``mask``, with a finite target and
-        prediction of length > :data:`EPS`. Errors at invalid pixels are 0; use ``valid``.
+        prediction of length > :data:`crossmodal.vectors.EPS`. Errors at invalid pixels
+        are 0; use ``valid``.
         Computed on ``pred``'s device, without gradients (this is a metric, not a loss).
     """
     err, valid, _ = _errors(pred, target, mask)

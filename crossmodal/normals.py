@@ -1,7 +1,7 @@
 """The one normal-map convention of the package, its RGB encoding and converters.
 
 Inside the package every normal map is in **camera space, right-handed: +x right, +y up,
-+z towards the camera** (the OpenGL/Blender camera frame, DESIGN.md §2). A surface facing
++z towards the camera** (the OpenGL/Blender camera frame, docs/design.md §2). A surface facing
 the camera has n = (0, 0, 1). Arrays are float32 ``(H, W, 3)`` (numpy) with unit vectors;
 invalid pixels carry the zero vector and mask 0.
 
@@ -24,6 +24,7 @@ from .errors import InputError
 
 __all__ = [
     "CONVENTIONS",
+    "EPS",
     "Convention",
     "check_normals",
     "convert",
@@ -35,6 +36,9 @@ __all__ = [
     "to_convention",
 ]
 
+#: Vectors shorter than this have no direction: invalid normals, excluded from losses
+#: and metrics.
+EPS = 1e-6
 #: Default tolerance on ``| |n| - 1 |`` for a normal map to count as unit-length. An 8-bit
 #: encoding is off by at most ~0.7% (half a grey level on each of three channels).
 UNIT_TOLERANCE = 1e-2
@@ -84,13 +88,14 @@ CONVENTIONS: dict[str, Convention] = {
             "OpenCV camera: +x right, +y down, +z forward (away from the camera)",
         ),
         Convention(
-            # Seed 000: "+Z is the camera direction" (the way the camera looks), stored as
-            # x = 2R - 1, y = 2G - 1, z = 1 - 2B. A camera-facing surface has z = -1 and
-            # B = 1, so the file's RGB equals our encoding while its vectors differ in z.
+            # Datagen's normal maps (docs/design.md §10): "+Z is the camera direction" (the
+            # way the camera looks), stored as x = 2R - 1, y = 2G - 1, z = 1 - 2B. A
+            # camera-facing surface has z = -1 and B = 1, so the file's RGB equals our
+            # encoding while its vectors differ in z.
             "datagen",
             ((1, 0, 0), (0, 1, 0), (0, 0, -1)),
             (1, 1, -1),
-            "synthetic-face EXR of seed 000: +x right, +y up, +z along the viewing "
+            "Datagen's synthetic-face EXR: +x right, +y up, +z along the viewing "
             "direction; written as R = (x + 1) / 2, G = (y + 1) / 2, B = (1 - z) / 2",
         ),
         Convention(
@@ -152,7 +157,7 @@ def _as_mask(mask: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.n
 
 
 def normalize(
-    normals: np.ndarray, mask: np.ndarray | None = None, *, eps: float = 1e-6
+    normals: np.ndarray, mask: np.ndarray | None = None, *, eps: float = EPS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Renormalise a normal map to unit vectors and find its valid pixels.
 

@@ -12,27 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "Intrinsics", "Surface", "face_relief", "orthographic_sphere", "perspective_sphere", "plane",
-]
+from .render.camera import Intrinsics
 
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels (OpenCV ``K``: u = fx * X / Z + cx, v = fy * Y / Z + cy
-    with OpenCV's Y down and Z forward)."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @classmethod
-    def centred(cls, size: int, fov_deg: float) -> Intrinsics:
-        """Square image of ``size`` pixels, principal point at the centre."""
-        f = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
-        c = (size - 1) / 2
-        return cls(f, f, c, c)
+__all__ = ["Surface", "face_relief", "orthographic_sphere", "perspective_sphere", "plane"]
 
 
 @dataclass

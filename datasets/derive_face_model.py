@@ -1,7 +1,8 @@
 """Derive the packaged face model from ICT-FaceKit Light.
 
-Reads the compact ICT-FaceKit Light npz (``../shared/data/ict_facekit/``, see its
-FORMAT.md) and writes ``crossmodal/assets/ict_face_light/``:
+Reads a folder holding ICT-FaceKit Light in compact form (``ict_face_model_light.npz``
+with ``FORMAT.md``, ``LICENSE`` and ``CREDITS.md``; ``datasets/README.md`` describes it and
+where the model comes from) and writes ``crossmodal/assets/ict_face_light/``:
 
 - ``face_model.npz``: the geometry that rendering faces needs. The transparent
   overlay regions (lacrimal fluid, eye blend, eye occlusion, eyelashes) and the
@@ -17,7 +18,7 @@ FORMAT.md) and writes ``crossmodal/assets/ict_face_light/``:
 
 Usage (from the repository root)::
 
-    python datasets/derive_face_model.py [--source DIR] [--out DIR] [--step CM | --int8]
+    python datasets/derive_face_model.py --source DIR [--out DIR] [--step CM | --int8]
 
 The loader is :class:`crossmodal.synth.FaceModel`.
 """
@@ -39,7 +40,6 @@ import numpy as np
 log = logging.getLogger("derive_face_model")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO_ROOT / ".." / "shared" / "data" / "ict_facekit"
 DEFAULT_OUT = REPO_ROOT / "crossmodal" / "assets" / "ict_face_light"
 SOURCE_NPZ = "ict_face_model_light.npz"
 ASSET_NAME = "face_model.npz"
@@ -382,9 +382,9 @@ to a compact npz with float16 deltas; those differ from the OBJs by at most 0.00
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
+    parser.add_argument("--source", type=Path, required=True,
                         help="folder with ict_face_model_light.npz, FORMAT.md, LICENSE, "
-                             "CREDITS.md (default: %(default)s)")
+                             "CREDITS.md (see datasets/README.md)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (default: %(default)s)")
     group = parser.add_mutually_exclusive_group()
@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     needed = [SOURCE_NPZ, "FORMAT.md", "LICENSE", "CREDITS.md"]
     missing = [n for n in needed if not (source_dir / n).is_file()]
     if missing:
-        print(f"error: {source_dir} lacks {', '.join(missing)}; pass --source DIR "
-              "(the ICT-FaceKit Light folder)", file=sys.stderr)
+        print(f"error: {source_dir} lacks {', '.join(missing)}; pass --source DIR, the "
+              "compact ICT-FaceKit Light folder described in datasets/README.md",
+              file=sys.stderr)
         return 2
     src_path = source_dir / SOURCE_NPZ
     log.info("reading %s (%d bytes)", src_path, src_path.stat().st_size)

@@ -23,7 +23,7 @@ OUT = Path(__file__).parent / "images"
 
 def convention_sphere(size: int = 192) -> np.ndarray:
     """A sphere encoded as ``(n + 1) / 2`` in our convention, with its axes drawn, next to
-    the same sphere written by OpenCV-convention and seed-000 tools."""
+    the same sphere written by OpenCV-convention and Datagen tools."""
     sphere = orthographic_sphere(size)
     ours = viz.normals_to_rgb(sphere.normals)
     c, r = size // 2, int(0.4 * size)

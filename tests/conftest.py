@@ -1,15 +1,29 @@
-"""Shared fixtures: a small synthetic dataset and a narrow model for engine tests."""
+"""Shared fixtures: a small synthetic dataset and the smoke model for engine tests."""
 
+import functools
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from crossmodal.config import load_config
+from crossmodal.models import ModelConfig
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig
 
-#: Narrow decoders over the full ResNet encoders: the real graph, ~5x cheaper.
-TINY_MODEL = {"normal_decoder_widths": (288, 160, 80, 80, 72),
-              "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@functools.cache
+def _smoke() -> ModelConfig:
+    return load_config(EXPERIMENTS / "smoke.yaml").model
+
+
+def smoke_model(**changes) -> ModelConfig:
+    """The model of experiments/smoke.yaml, the one tiny model of the tests (the real
+    graph at 1/8 of ResNet-18's width, ~0.4M parameters), with ``changes`` applied,
+    e.g. ``smoke_model(variant="plain_unet")``; a new config on every call."""
+    return replace(_smoke(), **changes)
 
 
 @pytest.fixture(scope="session")
@@ -19,4 +33,15 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate(root / "synth", 20, seed=0, progress=False,
              config=replace(SynthConfig(), size=64, samples_per_subject=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root_256(tmp_path_factory):
+    """6 synthetic faces at 256 px in ``data_root_256/large``, one per subject, split
+    between val (3) and test (3): data at another resolution than the 64 px models."""
+    root = tmp_path_factory.mktemp("data256")
+    generate(root / "large", 6, seed=1, progress=False,
+             config=replace(SynthConfig(), size=256, samples_per_subject=1,
+                            val_fraction=0.5, test_fraction=0.5))
     return root

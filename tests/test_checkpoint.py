@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md §8): safe plain-dict files that rebuild the model alone."""
+"""Checkpoints (docs/design.md §8): safe plain-dict files that rebuild the model alone."""
 
 import re
 
@@ -10,16 +10,16 @@ from torch import nn
 from crossmodal.checkpoint import (
     FORMAT_VERSION, build_model, load_checkpoint, save_checkpoint, unwrap_model)
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import VARIANTS, CrossModalNet, ModelConfig
+from crossmodal.models import VARIANTS, CrossModalNet
 
-# Narrow decoders keep the models small; they still exercise every config field.
-SMALL = {"normal_decoder_widths": (320, 192, 96, 96, 96),
-         "image_decoder_widths": (512, 64, 32, 32, 32), "head_channels": 16}
+from conftest import smoke_model
 
 
 def small_model(variant: str = "full", seed: int = 0) -> CrossModalNet:
+    """The smoke model: its trunk and decoder widths are not the defaults, so a rebuild
+    from the saved config alone has to read them."""
     torch.manual_seed(seed)
-    return CrossModalNet(ModelConfig(variant=variant, **SMALL))
+    return CrossModalNet(smoke_model(variant=variant))
 
 
 @pytest.fixture(scope="module")

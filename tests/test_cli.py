@@ -1,5 +1,8 @@
 """The ``crossmodal`` command line: help, the normal-map tools, and one-line errors."""
 
+import argparse
+import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from crossmodal import io
-from crossmodal.cli import main
+from crossmodal.cli import COMMAND_MODULES, main
 from crossmodal.metrics import angular_error
 from crossmodal.shapes import face_relief, orthographic_sphere
 
@@ -22,13 +25,35 @@ def sphere_exr(tmp_path):
     return path, sphere
 
 
-def test_help_lists_the_commands(capsys):
+def registered_commands() -> dict[str, list[str]]:
+    """Each module of the CLI's command table -> the commands it registers."""
+    commands = {}
+    for module in COMMAND_MODULES:
+        subparsers = argparse.ArgumentParser(prog="crossmodal").add_subparsers()
+        importlib.import_module(module).register(subparsers)
+        commands[module] = list(subparsers.choices)
+    return commands
+
+
+COMMANDS = [c for names in registered_commands().values() for c in names]
+
+
+def test_help_lists_every_command(capsys):
+    assert all(registered_commands().values())  # no module of the table registers nothing
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("conventions", "convert", "relight", "mesh"):
-        assert command in out
+    # argparse lists each command at the start of a line indented by four spaces.
+    assert re.findall(r"^    (\S+)", out, re.MULTILINE) == COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: crossmodal {command} ")
 
 
 @pytest.mark.skipif(shutil.which("crossmodal") is None and not (

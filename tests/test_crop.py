@@ -1,4 +1,4 @@
-"""Tests of crossmodal.crop: the face crop protocol of DESIGN.md §4."""
+"""Tests of crossmodal.crop: the face crop protocol of docs/design.md §4."""
 
 from __future__ import annotations
 

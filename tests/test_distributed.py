@@ -13,12 +13,10 @@ from crossmodal.config import DataConfig, ExperimentConfig, TrainConfig
 from crossmodal.data import read_dataset
 from crossmodal.engine import distributed
 from crossmodal.engine.trainer import Trainer
-from crossmodal.models import ModelConfig
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig
 
-TINY = {"normal_decoder_widths": (288, 160, 80, 80, 72),
-        "image_decoder_widths": (512, 64, 32, 32, 16), "head_channels": 16}
+from conftest import smoke_model
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def worker(rank: int, world: int, port: int, config: ExperimentConfig, out: str)
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         assert distributed.init_distributed("cpu") == (rank, world, rank)
-        assert distributed.is_main() == (rank == 0)
+        assert (distributed.rank(), distributed.world_size()) == (rank, world)
         trainer = Trainer(config)
         routes, steps = [], []
         trainer.net.register_forward_pre_hook(lambda module, args: routes.append(args[1]))
@@ -67,7 +65,7 @@ def worker(rank: int, world: int, port: int, config: ExperimentConfig, out: str)
 
 def run_ranks(data_root, tmp_path, steps: int, world: int = 2):
     config = ExperimentConfig(
-        name="ddp", run_dir=str(tmp_path / "run"), model=ModelConfig(**TINY),
+        name="ddp", run_dir=str(tmp_path / "run"), model=smoke_model(),
         data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
                         normal=["synth"], val=["synth"], image_size=64, batch_size=1,
                         num_workers=0),

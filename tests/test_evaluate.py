@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN.md §6): ``evaluate`` against hand-checkable models, ``crossmodal eval``
+"""Evaluation (docs/design.md §6): ``evaluate`` against hand-checkable models, ``crossmodal eval``
 and ``crossmodal report``."""
 
 import json
@@ -16,15 +16,24 @@ from crossmodal.checkpoint import save_checkpoint
 from crossmodal.cli import main
 from crossmodal.data import FaceNormalsDataset
 from crossmodal.errors import CrossmodalError
-from crossmodal.evaluate import JSON_KEYS, evaluate, evaluate_checkpoint, report_table
+from crossmodal.evaluate import (
+    ERROR_VMAX, JSON_KEYS, evaluate, evaluate_checkpoint, report_table)
+from crossmodal.inference import NormalPredictor
 from crossmodal.metrics import AngularErrorMeter
-from crossmodal.models import CrossModalNet, ModelConfig
+from crossmodal.models import CrossModalNet
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig
 
-TINY = ModelConfig(normal_decoder_widths=(288, 160, 80, 80, 72),
-                   image_decoder_widths=(512, 64, 32, 32, 16), head_channels=16)
-EXTRAS = {"experiment", "variant", "n_excluded_pred", "n_empty_images"}
+from conftest import smoke_model
+
+TINY = smoke_model()
+EXTRAS = {"experiment", "variant", "image_size", "model_image_size", "n_excluded_pred",
+          "n_empty_images"}
+
+
+def predictor(model, batch_size=8, image_size=None):
+    """The inference path on ``model`` on the CPU; by default at each input's own size."""
+    return NormalPredictor(model, image_size=image_size, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +64,11 @@ class GroundTruthStub(nn.Module):
         self.angle = math.radians(degrees)
         self.seen = 0
 
-    def forward(self, x: torch.Tensor, route: str) -> dict[str, torch.Tensor]:
-        assert route == "image_to_normal" and not torch.is_grad_enabled()
-        n = self.normals[self.seen:self.seen + len(x)].double()
+    def forward(self, x: torch.Tensor, route: str, outputs=None) -> dict[str, torch.Tensor]:
+        assert route == "image_to_normal" and outputs == ("normals",)
+        assert not torch.is_grad_enabled() and not self.training
+        start = self.seen % len(self.normals)  # a panel after the pass starts over
+        n = self.normals[start:start + len(x)].double()
         self.seen += len(x)
         # A unit vector perpendicular to n: n x e for whichever axis e is least parallel.
         candidates = [torch.linalg.cross(n, torch.tensor([a, b, 1.0 - a - b], dtype=n.dtype)
@@ -71,7 +82,7 @@ class GroundTruthStub(nn.Module):
 
 def test_evaluate_equals_a_manual_loop(data, checkpoint):
     _, model = checkpoint
-    summary, panel = evaluate(model, data, batch_size=3, device="cpu", progress=False)
+    summary, panel = evaluate(predictor(model, 3), data, progress=False)
     assert panel is None
     meter = AngularErrorMeter()
     with torch.no_grad():
@@ -92,7 +103,7 @@ def test_evaluate_restores_the_training_mode(data, checkpoint):
     _, model = checkpoint
     model.train()
     try:
-        evaluate(model, data, batch_size=4, device="cpu", progress=False)
+        evaluate(predictor(model, 4), data, progress=False)
         assert model.training
     finally:
         model.eval()
@@ -100,7 +111,7 @@ def test_evaluate_restores_the_training_mode(data, checkpoint):
 
 def test_ground_truth_scores_zero(data):
     stub = GroundTruthStub(FaceNormalsDataset(data, "test", kinds=("paired",)))
-    summary, _ = evaluate(stub, data, batch_size=3, device="cpu", progress=False)
+    summary, _ = evaluate(predictor(stub, 3), data, progress=False)
     # Not exactly 0: the cross product of equal vectors leaves FMA residuals (~1e-7 deg).
     for key in ("mean", "std", "median", "pixel_mean"):
         assert summary[key] == pytest.approx(0.0, abs=1e-4)
@@ -115,7 +126,7 @@ def test_ground_truth_scores_zero(data):
 ])
 def test_a_constant_rotation_scores_its_angle(data, degrees, below):
     stub = GroundTruthStub(FaceNormalsDataset(data, "test", kinds=("paired",)), degrees)
-    summary, _ = evaluate(stub, data, batch_size=3, device="cpu", progress=False)
+    summary, _ = evaluate(predictor(stub, 3), data, progress=False)
     assert summary["mean"] == pytest.approx(degrees, abs=1e-3)
     assert summary["pixel_mean"] == pytest.approx(degrees, abs=1e-3)
     assert summary["std"] == pytest.approx(0.0, abs=1e-3)
@@ -125,27 +136,62 @@ def test_a_constant_rotation_scores_its_angle(data, degrees, below):
 
 def test_panel_rows_are_input_prediction_truth_error(data):
     dataset = FaceNormalsDataset(data, "test", kinds=("paired",))
-    summary, panel = evaluate(GroundTruthStub(dataset), data, batch_size=3, device="cpu",
-                              progress=False, panel_count=4)
-    tiles = [np.zeros((64, 64, 3), np.uint8)] * 16
-    assert panel.shape == viz.panel(tiles, ["x"] * 16, ncols=4).shape
-    assert panel.dtype == np.uint8
+    degrees = 10.0
+    _, panel = evaluate(predictor(GroundTruthStub(dataset, degrees), 3), data,
+                        progress=False, panel_count=3)
+    rows = []
+    for item in [dataset[i] for i in range(3)]:
+        mask = item["mask"].numpy()
+        truth = item["normals"].permute(1, 2, 0).numpy()
+        error = np.where(mask, degrees, 0.0)
+        rows.append(([viz.to_uint8(item["image"].permute(1, 2, 0).numpy()),
+                      None,  # the prediction, drawn below from the stub's output
+                      viz.normals_to_rgb(truth, valid=mask & np.any(truth != 0, axis=-1)),
+                      viz.error_to_rgb(error, mask, vmax=ERROR_VMAX)],
+                     [item["id"], "prediction", "ground truth", f"error {degrees:.1f} deg"]))
+    stub = GroundTruthStub(dataset, degrees).eval()
+    with torch.no_grad():
+        pred = stub(torch.zeros(3, 3, 64, 64), "image_to_normal", ("normals",))["normals"]
+    for i, (tiles, _) in enumerate(rows):
+        tiles[1] = viz.normals_to_rgb(pred[i].permute(1, 2, 0).numpy(),
+                                      valid=dataset[i]["mask"].numpy())
+    expected = viz.panel([t for tiles, _ in rows for t in tiles],
+                         [label for _, labels in rows for label in labels], ncols=4)
+    assert panel.shape == expected.shape and np.abs(panel.astype(int) - expected).max() <= 1
+    # The comparison sees the order: prediction and ground truth swapped (10 degrees
+    # apart) is another picture, and so is the error map first.
+    for order in ((0, 2, 1, 3), (3, 1, 2, 0)):
+        swapped = viz.panel([tiles[k] for tiles, _ in rows for k in order],
+                            [label for _, labels in rows for label in labels], ncols=4)
+        assert np.abs(panel.astype(int) - swapped).max() > 10
 
 
 def test_evaluate_refuses_bad_input(data, tmp_path, checkpoint):
     _, model = checkpoint
     with pytest.raises(CrossmodalError, match=r"no paired samples in split 'test' of"):
-        evaluate(model, _without_test_rows(data, tmp_path), device="cpu", progress=False)
-    with pytest.raises(CrossmodalError, match="batch size"):
-        evaluate(model, data, batch_size=0, progress=False)
-    with pytest.raises(CrossmodalError, match="unknown device"):
-        evaluate(model, data, device="gpu0", progress=False)
-    odd = tmp_path / "odd"
-    shutil.copytree(data, odd)
-    info = json.loads((odd / "dataset.json").read_text())
-    (odd / "dataset.json").write_text(json.dumps({**info, "image_size": 48}))
-    with pytest.raises(CrossmodalError, match="multiple of 32"):
-        evaluate(model, odd, device="cpu", progress=False)
+        evaluate(predictor(model), _without_test_rows(data, tmp_path), progress=False)
+    with pytest.raises(CrossmodalError, match="batch size must be at least 1, got 0"):
+        predictor(model, batch_size=0)
+    with pytest.raises(CrossmodalError, match="unknown device 'gpu0' for --device"):
+        NormalPredictor.from_checkpoint(checkpoint[0], device="gpu0")
+    with pytest.raises(CrossmodalError, match="number of workers must be at least 0"):
+        evaluate(predictor(model), data, num_workers=-1, progress=False)
+
+
+def test_a_size_the_network_cannot_take_is_resized_to_its_own(tmp_path, checkpoint):
+    """48 px crops: refused at their own size (not a multiple of 32), scored at 48 px when
+    the network runs at 64 px."""
+    _, model = checkpoint
+    odd = generate(tmp_path / "odd", 6, seed=1, progress=False,
+                   config=SynthConfig(size=48, samples_per_subject=1, val_fraction=0.0,
+                                      test_fraction=0.5))
+    with pytest.raises(CrossmodalError, match="48x48 is not a positive multiple of 32"):
+        evaluate(predictor(model), odd, progress=False)
+    summary, _ = evaluate(predictor(model, image_size=64), odd, progress=False)
+    dataset = FaceNormalsDataset(odd, "test", kinds=("paired",))
+    assert summary["image_size"] == 48
+    assert summary["n_pixels"] == sum(int((item["mask"] & (item["normals"] != 0).any(0)).sum())
+                                      for item in dataset)
 
 
 def _without_test_rows(data, tmp_path):
@@ -274,3 +320,43 @@ def test_report_without_eval_json_names_the_fix(tmp_path, capsys):
 def test_report_table_of_one_row_bolds_nothing_and_shows_null_as_na():
     table = report_table([("only", {**_result(10.0, 50.0), "median": None})])
     assert "**" not in table and "| n/a |" in table
+
+
+def test_a_64px_checkpoint_runs_at_64px_and_is_scored_at_256px(data_root_256, tmp_path):
+    """The checkpoint's training resolution is where the network runs; the 256 px ground
+    truth is scored as it is, against predictions resized back (bilinear, renormalised)."""
+    torch.manual_seed(1)
+    model = CrossModalNet(TINY).eval()
+    path = save_checkpoint(tmp_path / "ckpt.pt", model=model,
+                           config={"name": "tiny", "model": TINY.to_dict(),
+                                   "data": {"image_size": 64}})
+    large = data_root_256 / "large"
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[-2:]))
+        if isinstance(module, CrossModalNet) else None)
+    try:
+        metrics, _ = evaluate_checkpoint(path, large, device="cpu", progress=False)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {(64, 64)}
+    assert metrics["image_size"] == 256 and metrics["model_image_size"] == 64
+    # By hand: area-downsample, predict at 64 px, upsample, renormalise, score at 256 px.
+    dataset = FaceNormalsDataset(large, "test", kinds=("paired",))
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    with torch.no_grad():
+        pred = model(torch.nn.functional.interpolate(batch["image"], size=64, mode="area"),
+                     "image_to_normal")["normals"]
+    pred = torch.nn.functional.normalize(
+        torch.nn.functional.interpolate(pred, size=256, mode="bilinear"), dim=1)
+    meter = AngularErrorMeter()
+    meter.update(pred, batch["normals"], batch["mask"])
+    expected = meter.summary()
+    assert metrics["n_pixels"] == expected["n_pixels"] == int(
+        (batch["mask"] & (batch["normals"] != 0).any(1)).sum())
+    assert metrics["mean"] == pytest.approx(expected["mean"], abs=1e-4)
+    assert metrics["pixel_mean"] == pytest.approx(expected["pixel_mean"], abs=1e-4)
+    # Asked to, it runs at the data's resolution instead.
+    seen.clear()
+    at_256, _ = evaluate_checkpoint(path, large, image_size=256, device="cpu", progress=False)
+    assert at_256["model_image_size"] == 256 and at_256["mean"] != metrics["mean"]

@@ -1,8 +1,16 @@
-"""Tests of the packaged ICT-FaceKit Light asset and crossmodal.synth.FaceModel."""
+"""Tests of the packaged ICT-FaceKit Light asset, crossmodal.synth.FaceModel and the
+derivation script datasets/derive_face_model.py.
+
+The derivation runs on a small source model built here in the source's format
+(datasets/README.md). The comparisons with the real source, and the byte-for-byte
+reproduction of the asset, are opt-in: set ``CROSSMODAL_ICT_SOURCE`` to the folder holding
+it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -19,15 +27,29 @@ from crossmodal.synth import FaceModel
 REPO = Path(__file__).resolve().parents[1]
 ASSET_DIR = REPO / "crossmodal" / "assets" / "ict_face_light"
 ASSET = ASSET_DIR / "face_model.npz"
-SOURCE_DIR = REPO / ".." / "shared" / "data" / "ict_facekit"
-SOURCE_NPZ = SOURCE_DIR / "ict_face_model_light.npz"
+#: Names the folder of the real ICT-FaceKit Light source (compact form, datasets/README.md).
+SOURCE_ENV = "CROSSMODAL_ICT_SOURCE"
+SOURCE_DIR = Path(os.environ[SOURCE_ENV]) if os.environ.get(SOURCE_ENV) else None
 
 KEPT_REGIONS = ("face", "head_neck", "mouth_socket", "eye_socket_L", "eye_socket_R",
                 "gums_tongue", "teeth", "eyeball_L", "eyeball_R")
+OVERLAY_REGIONS = ("lacrimal_L", "lacrimal_R", "eyeblend_L", "eyeblend_R",
+                   "eye_occlusion_L", "eye_occlusion_R", "eyelashes_L", "eyelashes_R")
 OVERLAY_MATERIALS = {"M_EyeBlend", "M_EyeLashes", "M_EyeOcclusion", "M_LacrimalFluid"}
 
-needs_source = pytest.mark.skipif(not SOURCE_NPZ.is_file(),
-                                  reason=f"ICT-FaceKit source not at {SOURCE_DIR}")
+needs_source = pytest.mark.skipif(
+    SOURCE_DIR is None, reason=f"set {SOURCE_ENV}=DIR, the ICT-FaceKit Light source folder "
+    f"(datasets/README.md), to compare the asset with its source")
+
+
+def _derive_module():
+    """``datasets/derive_face_model.py`` imported as a module (it is a script, not a
+    package module)."""
+    spec = importlib.util.spec_from_file_location(
+        "derive_face_model", REPO / "datasets" / "derive_face_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +59,9 @@ def model() -> FaceModel:
 
 @pytest.fixture(scope="module")
 def source():
-    with np.load(SOURCE_NPZ, allow_pickle=False) as npz:
+    npz_path = SOURCE_DIR / "ict_face_model_light.npz"
+    assert npz_path.is_file(), f"{SOURCE_ENV}={SOURCE_DIR} holds no ict_face_model_light.npz"
+    with np.load(npz_path, allow_pickle=False) as npz:
         yield {k: npz[k] for k in npz.files}
 
 
@@ -180,10 +204,7 @@ def _stable_text(path: Path) -> str:
 @needs_source
 def test_derivation_is_deterministic_and_reproduces_the_asset(tmp_path):
     """Two runs give identical bytes, and the same arrays as the committed asset."""
-    spec = importlib.util.spec_from_file_location(
-        "derive_face_model", REPO / "datasets" / "derive_face_model.py")
-    derive = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(derive)
+    derive = _derive_module()
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         assert derive.main(["--source", str(SOURCE_DIR), "--out", str(out)]) == 0
@@ -192,6 +213,154 @@ def test_derivation_is_deterministic_and_reproduces_the_asset(tmp_path):
     assert _npz_members(runs[0] / "face_model.npz") == _npz_members(ASSET)
     assert _stable_text(runs[0] / "ATTRIBUTION.md") == _stable_text(ASSET_DIR / "ATTRIBUTION.md")
     assert (ASSET_DIR / "LICENSE").read_bytes() == (SOURCE_DIR / "LICENSE").read_bytes()
+
+
+# ------------------------------------------------ derivation on a small source
+
+TINY_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+#: Source order differs from KEPT_REGIONS on purpose: the output follows KEPT_REGIONS.
+TINY_REGIONS = ("eyelashes_L", *KEPT_REGIONS[::-1],
+                *(r for r in OVERLAY_REGIONS if r != "eyelashes_L"))
+TINY_MATERIALS = ("M_Skin", "M_EyeLashes", "M_Teeth", "M_EyeBlend", "M_EyeOcclusion",
+                  "M_LacrimalFluid", "M_IrisLeft")
+
+
+def _tiny_source(folder: Path) -> dict[str, np.ndarray]:
+    """Write a small ICT-FaceKit Light source folder (datasets/README.md's format) and
+    return its arrays.
+
+    A 16 x 16 grid of vertices on a bumpy surface, two triangles per cell. Vertex regions:
+    a 3 x 3 eyelash patch (dropped with every triangle touching it), a teeth row (kept),
+    the rest face; one extra face vertex that no triangle uses (dropped as unused). Every
+    7th triangle of the top four rows of cells is of an overlay material (dropped), every
+    5th triangle of another kept material.
+    """
+    rng = np.random.default_rng(0)
+    n = 16
+    y, x = np.mgrid[0:n, 0:n].astype(np.float32)
+    grid = np.stack([x, y, np.sin(x / 3) * np.cos(y / 4)], axis=-1).reshape(-1, 3)
+    vertices = np.concatenate([grid, [[20.0, 20.0, 0.0]]]).astype(np.float32)
+    region = np.full((n, n), TINY_REGIONS.index("face"))
+    region[1:4, 6:9] = TINY_REGIONS.index("eyelashes_L")
+    region[14, :] = TINY_REGIONS.index("teeth")
+    vertex_region = np.concatenate([region.ravel(), [TINY_REGIONS.index("face")]])
+    triangles = []
+    for r in range(n - 1):
+        for c in range(n - 1):
+            a, b, d, e = r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1
+            triangles += [(a, b, e), (a, e, d)]
+    triangles = np.array(triangles, dtype=np.int32)
+    material = np.zeros(len(triangles), dtype=np.int16)
+    material[::5] = TINY_MATERIALS.index("M_IrisLeft")
+    material[:120:7] = TINY_MATERIALS.index("M_EyeBlend")  # in the cells of rows 0-3
+    # Landmarks: 68 face vertices of rows 5-9, which no dropped triangle touches.
+    landmarks = np.array([r * n + c for r in range(5, 10) for c in range(n)][:68], np.int32)
+    uvs = rng.uniform(0, 1, (len(vertices) + 5, 2)).astype(np.float32)  # 5 never used
+    arrays = {
+        "neutral_vertices": vertices,
+        "identity_deltas": rng.normal(0, 0.5, (4, len(vertices), 3)).astype(np.float16),
+        "expression_deltas": rng.normal(0, 1.0, (5, len(vertices), 3)).astype(np.float16),
+        "identity_names": np.array([f"identity{k}" for k in range(4)]),
+        "expression_names": np.array(["jawOpen", "eyeBlink_L", "mouthSmile_L",
+                                      "cheekRaiser_L", "PupilDilate_L"]),
+        "n_main_expressions": np.array(3, dtype=np.int32),
+        "triangles": triangles,
+        "triangle_uvs": triangles.copy(),
+        "uvs": uvs,
+        "triangle_material": material,
+        "material_names": np.array(TINY_MATERIALS),
+        "vertex_region": vertex_region.astype(np.int16),
+        "region_names": np.array(TINY_REGIONS),
+        "landmarks68": landmarks,
+    }
+    folder.mkdir(parents=True)
+    np.savez(folder / "ict_face_model_light.npz", **arrays)
+    (folder / "FORMAT.md").write_text(
+        f"Source: github.com/ICT-VGL/ICT-FaceKit, commit {TINY_COMMIT},\nfolder FaceXModel/.\n")
+    (folder / "LICENSE").write_text("MIT License\n\nCopyright (c) a test\n")
+    (folder / "CREDITS.md").write_text("# Tiny - Credits\n## Core\n* A. Tester\n")
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(source arrays, source folder, [two output folders])``: the derivation run twice."""
+    root = tmp_path_factory.mktemp("tiny_ict")
+    src = _tiny_source(root / "source")
+    derive = _derive_module()
+    runs = [root / "a", root / "b"]
+    for out in runs:
+        assert derive.main(["--source", str(root / "source"), "--out", str(out)]) == 0
+    return src, root / "source", runs
+
+
+def test_derivation_keeps_the_rendered_geometry_in_source_order(tiny):
+    src, _, runs = tiny
+    model = FaceModel.load(runs[0] / "face_model.npz")
+    regions = np.array(TINY_REGIONS)[src["vertex_region"]]
+    materials = np.array(TINY_MATERIALS)[src["triangle_material"]]
+    kept_tri = (np.isin(regions[src["triangles"]], KEPT_REGIONS).all(axis=1)
+                & ~np.isin(materials, list(OVERLAY_MATERIALS)))
+    assert 0 < kept_tri.sum() < len(kept_tri) - 40  # the case drops plenty
+
+    # Vertices: exactly those of kept triangles (so no eyelash and no unused one), in order.
+    idx = model.source_vertex_index
+    np.testing.assert_array_equal(idx, np.unique(src["triangles"][kept_tri]))
+    assert len(src["neutral_vertices"]) - 1 not in idx
+    np.testing.assert_array_equal(model.neutral, src["neutral_vertices"][idx])
+    # Triangles, their materials and UVs map back onto the kept source triangles, in order.
+    np.testing.assert_array_equal(idx[model.triangles], src["triangles"][kept_tri])
+    assert model.material_names == ("M_Skin", "M_Teeth", "M_IrisLeft")
+    np.testing.assert_array_equal(np.array(model.material_names)[model.triangle_material],
+                                  materials[kept_tri])
+    np.testing.assert_array_equal(model.uvs[model.triangle_uvs],
+                                  src["uvs"][src["triangle_uvs"][kept_tri]])
+    assert len(np.unique(model.triangle_uvs)) == len(model.uvs)
+    # Regions renamed to KEPT_REGIONS' order; landmarks follow their vertices.
+    assert model.region_names == KEPT_REGIONS
+    np.testing.assert_array_equal(np.array(model.region_names)[model.vertex_region],
+                                  regions[idx])
+    np.testing.assert_array_equal(idx[model.landmarks68], src["landmarks68"])
+    assert model.expression_names == tuple(src["expression_names"])
+    assert model.n_main_expressions == 3
+
+
+def test_derivation_quantises_deltas_within_half_a_step(tiny):
+    src, _, runs = tiny
+    model = FaceModel.load(runs[0] / "face_model.npz")
+    idx = model.source_vertex_index
+    for kind in ("identity", "expression"):
+        expected = src[f"{kind}_deltas"][:, idx].astype(np.float32).reshape(-1, len(idx) * 3)
+        error = np.abs(getattr(model, f"{kind}_basis") - expected).max()
+        recorded = getattr(model, f"{kind}_max_error")
+        # Half the default 0.00025 cm step, plus float32 rounding of values of a few cm.
+        assert 0 < error <= 0.000125 + 1e-6
+        assert recorded == pytest.approx(error, rel=1e-6)
+
+
+def test_derivation_is_reproducible_and_credits_the_source(tiny):
+    _, source, runs = tiny
+    for name in ("face_model.npz", "LICENSE", "ATTRIBUTION.md"):
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+    assert (runs[0] / "LICENSE").read_bytes() == (source / "LICENSE").read_bytes()
+    attribution = (runs[0] / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    assert f"https://github.com/ICT-VGL/ICT-FaceKit, commit `{TINY_COMMIT}`" in attribution
+    assert "### Tiny - Credits" in attribution and "* A. Tester" in attribution
+    with np.load(runs[0] / "face_model.npz", allow_pickle=False) as npz:
+        assert npz["identity_q"].dtype == np.int16
+
+
+def test_derivation_needs_a_complete_source(tmp_path, capsys):
+    derive = _derive_module()
+    with pytest.raises(SystemExit) as exit_info:
+        derive.main([])  # --source is required: nothing outside the repository is assumed
+    assert exit_info.value.code == 2
+    assert "--source" in capsys.readouterr().err
+    (tmp_path / "LICENSE").write_text("MIT")
+    assert derive.main(["--source", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} lacks ict_face_model_light.npz, FORMAT.md, CREDITS.md" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ vertices()

@@ -14,7 +14,8 @@ from crossmodal.geometry import (
     integrate_normals,
     write_mesh,
 )
-from crossmodal.shapes import Intrinsics, orthographic_sphere, perspective_sphere, plane
+from crossmodal.render.camera import Intrinsics
+from crossmodal.shapes import orthographic_sphere, perspective_sphere, plane
 
 #: Pixels closer than this to the silhouette are excluded from the angular checks: the
 #: Sobel footprint there sees the steep rim of the sphere (up to 1.2 degrees at 3 px).

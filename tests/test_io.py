@@ -94,14 +94,15 @@ def test_exr_half_channels_are_accepted(tmp_path):
     assert angles_deg(back[valid], n[valid]).max() < 0.2
 
 
-def test_seed000_rgb_exr_decodes_to_sphere_normals(tmp_path):
+def test_datagen_rgb_exr_decodes_to_sphere_normals(tmp_path):
     sphere = orthographic_sphere(64)
     ours = sphere.normals
-    # Seed 000 stores +z along the viewing direction, B = (1 - z_seed) / 2.
-    z_seed = -ours[..., 2]
-    rgb = np.stack([(ours[..., 0] + 1) / 2, (ours[..., 1] + 1) / 2, (1 - z_seed) / 2], axis=-1)
+    # Datagen stores +z along the viewing direction, B = (1 - z_datagen) / 2.
+    z_datagen = -ours[..., 2]
+    rgb = np.stack([(ours[..., 0] + 1) / 2, (ours[..., 1] + 1) / 2, (1 - z_datagen) / 2],
+                   axis=-1)
     rgb[~sphere.mask] = 0.0
-    p = tmp_path / "seed000.exr"
+    p = tmp_path / "datagen.exr"
     write_exr(p, rgb.astype(np.float32))
     back, valid = read_normals(p, convention="datagen", encoding="rgb")
     assert np.array_equal(valid, sphere.mask)
@@ -110,7 +111,7 @@ def test_seed000_rgb_exr_decodes_to_sphere_normals(tmp_path):
     np.testing.assert_allclose(centre[:, 2], 1.0, atol=1e-3)
     assert np.all(centre[:, 2] > np.abs(centre[:, :2]).max())
     # Our writer produces the same file format, and declares it.
-    q = tmp_path / "ours_as_seed000.exr"
+    q = tmp_path / "ours_as_datagen.exr"
     write_normals(q, ours, convention="datagen", encoding="rgb")
     header, raw = raw_exr(q)
     assert (header["normalConvention"], header["normalEncoding"]) == ("datagen", "rgb")

@@ -7,7 +7,7 @@ import torch
 
 from crossmodal.errors import InputError
 from crossmodal.models import image_loss, normal_loss
-from crossmodal.models.losses import EPS
+from crossmodal.vectors import EPS
 
 
 def vectors(*vs, dtype=torch.float64):

@@ -1,22 +1,31 @@
-"""The cross-modal network (paper §3.1-3.2, DESIGN.md §7): shapes, input checks,
+"""The cross-modal network (paper §3.1-3.2, docs/design.md §7): shapes, input checks,
 deactivable skips, parameter counts, ImageNet init and the model config.
 
-Every variant is built once per module (``models`` fixture) and used without gradients
-unless a test needs them; tests that change weights restore them.
+Every variant is built once per module, at the default width and at the smoke model's
+narrow one (``models`` fixture), and used without gradients unless a test needs them;
+tests that change weights restore them.
 """
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from crossmodal.checkpoint.official import ALIASES, IGNORED_PREFIXES, OFFICIAL_TO_OURS
 from crossmodal.errors import CrossmodalError, InputError
 from crossmodal.models import ROUTES, VARIANTS, CrossModalNet, ModelConfig, normal_loss
 from crossmodal.models.decoder import Decoder
-from crossmodal.models.encoder import ResNetEncoder
+from crossmodal.models.encoder import ResNetEncoder, encoder_channels
 from crossmodal.models.resnet import ResNet18Trunk
 from crossmodal.models.skip import ConcatSkip, DeactivableSkip
+
+from conftest import smoke_model
+
+#: Names and shapes of every tensor in the authors' released ``model.pth``.
+AUTHORS_STATE = Path(__file__).parent / "data" / "official_state_dict.json"
 
 EXPECTED_ROUTES = {
     "full": ROUTES,
@@ -30,14 +39,16 @@ HAS_IMAGE_DECODER = {"full": True, "no_skips": True, "no_normal_encoder": True,
 
 @pytest.fixture(scope="module")
 def models():
-    """``models(variant)``: that variant's network, built (seeded) on first use, eval mode."""
+    """``models(variant, narrow=False)``: that variant's network, the authors' widths or
+    (``narrow``) the smoke model's, built (seeded) on first use, eval mode."""
     built = {}
 
-    def get(variant):
-        if variant not in built:
+    def get(variant, narrow=False):
+        if (variant, narrow) not in built:
             torch.manual_seed(VARIANTS.index(variant))
-            built[variant] = CrossModalNet(ModelConfig(variant=variant)).eval()
-        return built[variant]
+            config = smoke_model(variant=variant) if narrow else ModelConfig(variant=variant)
+            built[variant, narrow] = CrossModalNet(config).eval()
+        return built[variant, narrow]
 
     return get
 
@@ -84,6 +95,25 @@ def test_routes_per_variant(models, variant):
 @pytest.mark.parametrize("variant, route", ROUTE_CASES)
 def test_route_shapes(models, variant, route, size):
     check_route(models(variant), variant, route, size)
+
+
+@pytest.mark.parametrize("variant, route", ROUTE_CASES)
+def test_narrow_trunk_route_shapes(models, variant, route):
+    model = models(variant, narrow=True)
+    assert model.config.trunk_width < 64
+    check_route(model, variant, route, 64)
+
+
+def test_encoder_channels_scale_with_the_trunk_width():
+    """w, w, w, 2w, 4w skip channels (full-resolution branch, stem, layer1..3) and an 8w
+    latent, as built and as :func:`encoder_channels` tells the decoders."""
+    assert encoder_channels() == ((64, 64, 64, 128, 256), 512)
+    assert encoder_channels(8) == ((8, 8, 8, 16, 32), 64)
+    with torch.no_grad():
+        features = ResNetEncoder(width=8)(random_image(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in features.skips] == [
+        (1, 8, 64, 64), (1, 8, 32, 32), (1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4)]
+    assert features.latent.shape == (1, 64, 2, 2)
 
 
 def test_route_shapes_256_full_image_to_normal(models):
@@ -306,7 +336,7 @@ def test_decoder_skips_touch_only_reserved_channels():
     exactly the last C channels entering each stage conv, zero ones change nothing."""
     torch.manual_seed(0)
     widths = ModelConfig().normal_decoder_widths
-    channels = ResNetEncoder.skip_channels[::-1]  # (256, 128, 64, 64, 64)
+    channels = encoder_channels().skips[::-1]  # (256, 128, 64, 64, 64)
     decoder = Decoder(widths, channels, "deactivable").eval()
     for skip in decoder.skips[:4]:
         identity_projection(skip)
@@ -357,41 +387,42 @@ def basic_block(cin, c, stride):
     return n
 
 
-TRUNK = (conv(3, 64, 7, False) + bn(64)
-         + basic_block(64, 64, 1) + basic_block(64, 64, 1)
-         + basic_block(64, 128, 2) + basic_block(128, 128, 1)
-         + basic_block(128, 256, 2) + basic_block(256, 256, 1)
-         + basic_block(256, 512, 2) + basic_block(512, 512, 1))
-FULL_RES = conv(3, 64, 3) + conv(64, 64, 3)                    # conv_original_size0/1
-SKIPS = (256, 128, 64, 64, 64)                                 # deep to shallow
-PROJECTIONS = sum(conv(c, c, 1) for c in SKIPS[:4])            # layer3..layer0 _1x1
-HEAD = conv(64, 3, 1)                                          # conv_last
-D_N_WIDTHS = (768, 640, 320, 320, 192)
-D_I_WIDTHS = (512, 512, 256, 256, 128)
+def trunk_params(w):
+    """ResNet-18 without its classifier at base width w."""
+    return (conv(3, w, 7, False) + bn(w)
+            + basic_block(w, w, 1) + basic_block(w, w, 1)
+            + basic_block(w, 2 * w, 2) + basic_block(2 * w, 2 * w, 1)
+            + basic_block(2 * w, 4 * w, 2) + basic_block(4 * w, 4 * w, 1)
+            + basic_block(4 * w, 8 * w, 2) + basic_block(8 * w, 8 * w, 1))
 
 
-def decoder_params(widths, mode):
-    """Counted from the channel arithmetic of DESIGN.md §7."""
-    appended = SKIPS if mode == "concat" else (0,) * 5
-    outputs = [w - a for w, a in zip(widths[1:], appended[1:])] + [64]
-    n = sum(conv(w, o, 3) for w, o in zip(widths, outputs)) + HEAD
-    if mode != "image":
-        n += conv(512, widths[0] - appended[0], 1)             # layer4_1x1
-    if mode in ("deactivable", "concat"):
-        n += PROJECTIONS
-    return n
+def hand_count(config):
+    """Counted from the channel arithmetic of docs/design.md §7, at any trunk width."""
+    w, head = config.trunk_width, config.head_channels
+    skips = (4 * w, 2 * w, w, w, w)                                # deep to shallow
+    full_res = conv(3, w, 3) + conv(w, w, 3)                       # conv_original_size0/1
+
+    def decoder(widths, mode):
+        appended = skips if mode == "concat" else (0,) * 5
+        outputs = [c - a for c, a in zip(widths[1:], appended[1:])] + [head]
+        n = sum(conv(c, o, 3) for c, o in zip(widths, outputs)) + conv(head, 3, 1)
+        if mode != "image":
+            n += conv(8 * w, widths[0] - appended[0], 1)           # layer4_1x1
+        if mode in ("deactivable", "concat"):
+            n += sum(conv(c, c, 1) for c in skips[:4])             # layer3..layer0 _1x1
+        return n
+
+    trunk, d_i = trunk_params(w), decoder(config.image_decoder_widths, "image")
+    d_n = {mode: decoder(config.normal_decoder_widths, mode)
+           for mode in ("deactivable", "none", "concat")}
+    return {"full": 2 * (trunk + full_res) + d_n["deactivable"] + d_i,
+            "no_skips": 2 * trunk + d_n["none"] + d_i,
+            "no_normal_encoder": trunk + full_res + d_n["concat"] + d_i,
+            "plain_unet": trunk + full_res + d_n["concat"]}[config.variant]
 
 
-HAND_COUNTS = {
-    "full": 2 * (TRUNK + FULL_RES) + decoder_params(D_N_WIDTHS, "deactivable")
-    + decoder_params(D_I_WIDTHS, "image"),
-    "no_skips": 2 * TRUNK + decoder_params(D_N_WIDTHS, "none")
-    + decoder_params(D_I_WIDTHS, "image"),
-    "no_normal_encoder": TRUNK + FULL_RES + decoder_params(D_N_WIDTHS, "concat")
-    + decoder_params(D_I_WIDTHS, "image"),
-    "plain_unet": TRUNK + FULL_RES + decoder_params(D_N_WIDTHS, "concat"),
-}
-#: Measured once and pinned; HAND_COUNTS must agree with them.
+#: The authors' widths, measured once and pinned, so that the model and the arithmetic
+#: above cannot drift together.
 COUNTS = {"full": 35_267_654, "no_skips": 35_099_590, "no_normal_encoder": 22_298_758,
           "plain_unet": 17_799_939}
 
@@ -400,25 +431,47 @@ def n_trainable(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def test_hand_arithmetic():
-    assert TRUNK == 11_176_512 == n_trainable(ResNet18Trunk())
-    assert HAND_COUNTS == COUNTS
-    # plain_unet spelled out: trunk + full-res branch + projections + decoder + head.
-    assert COUNTS["plain_unet"] == (11_176_512 + 38_720 + 90_624 + 262_656
-                                    + 6_231_232 + 195)
+def test_trunk_parameter_counts():
+    # torchvision's resnet18 has 11,689,512 parameters, 513,000 of them in its classifier.
+    assert n_trainable(ResNet18Trunk()) == trunk_params(64) == 11_689_512 - 513_000
+    for width in (8, 3):
+        assert n_trainable(ResNet18Trunk(width=width)) == trunk_params(width), width
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["default", "narrow"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parameter_counts(models, variant):
-    model = models(variant)
-    assert n_trainable(model) == COUNTS[variant]
-    assert sum(p.numel() for p in model.parameters()) == COUNTS[variant]  # none frozen
+def test_parameter_counts(models, variant, narrow):
+    model = models(variant, narrow)
+    count = n_trainable(model)
+    assert count == hand_count(model.config)
+    assert sum(p.numel() for p in model.parameters()) == count  # none frozen
+    if not narrow:
+        assert count == COUNTS[variant]
     if variant != "full":
-        assert COUNTS[variant] < COUNTS["full"]
+        assert count < n_trainable(models("full", narrow))
 
 
-def test_default_model_matches_authors_count(models):
-    assert n_trainable(models("full")) == 35_267_654
+def test_default_model_has_the_authors_parameters(models):
+    """As many parameters as the authors' released state dict lists, counted without its
+    ``base_model.*`` aliases of the image encoder, its unused classifier and the BN
+    buffers."""
+    reference = json.loads(AUTHORS_STATE.read_text())
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    authors = sum(torch.Size(shape).numel() for name, shape in reference.items()
+                  if not name.startswith("base_model.") and not name.endswith(buffers))
+    assert n_trainable(models("full")) == authors
+
+
+def test_default_width_keeps_the_authors_tensors(models):
+    """trunk_width's default builds exactly the tensors of the released ``model.pth``: each
+    of theirs but the aliases and the classifier is one of ours, with its shape."""
+    reference = json.loads(AUTHORS_STATE.read_text())
+    theirs = {OFFICIAL_TO_OURS[name]: tuple(shape) for name, shape in reference.items()
+              if name in OFFICIAL_TO_OURS}
+    ignored = [name for name in reference if name.startswith(IGNORED_PREFIXES)]
+    assert len(theirs) == len(reference) - len(ALIASES) - len(ignored) == 282
+    ours = {name: tuple(t.shape) for name, t in models("full").state_dict().items()}
+    assert ours == theirs
 
 
 # --------------------------------------------------------------------------- ImageNet init
@@ -475,7 +528,7 @@ def test_imagenet_init_not_a_state_dict(tmp_path):
 def test_config_from_dict_rejects_unknown_key():
     with pytest.raises(InputError, match="widht") as err:
         ModelConfig.from_dict({"variant": "full", "widht": 3})
-    for key in ("variant", "normal_decoder_widths", "image_decoder_widths",
+    for key in ("variant", "trunk_width", "normal_decoder_widths", "image_decoder_widths",
                 "head_channels", "output_activation", "imagenet_weights"):
         assert key in str(err.value)
 
@@ -524,6 +577,16 @@ def test_imagenet_init_without_num_batches_tracked(tmp_path):
     assert torch.equal(model.image_encoder.trunk.conv1.weight, state["conv1.weight"])
 
 
+def test_imagenet_init_refuses_a_narrow_trunk(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(imagenet_state(), path)  # a good file: the width is what is refused
+    with pytest.raises(CrossmodalError, match=re.escape(str(path))) as err:
+        CrossModalNet(ModelConfig(trunk_width=32, imagenet_weights=str(path),
+                                  image_decoder_widths=(256, 512, 256, 256, 128)))
+    assert "trunk of width 32" in str(err.value)
+    assert "set model.trunk_width to 64" in str(err.value)
+
+
 def test_imagenet_init_file_without_a_dict(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(torch.zeros(3), path)
@@ -536,8 +599,17 @@ def test_imagenet_init_file_without_a_dict(tmp_path):
     ({"normal_decoder_widths": (768, 640, 320, 64, 192)}, "must exceed the skip channels"),
     ({"image_decoder_widths": (256, 512, 256, 256, 128)}, "start with the latent's 512"),
     ({"head_channels": 0}, "head_channels must be positive"),
+    ({"trunk_width": 0}, "trunk_width must be positive, got 0"),
+    # The skips and the latent scale with the trunk: 4w, 2w, w, w, w and 8w channels.
+    ({"trunk_width": 256}, "must exceed the skip channels [1024, 512, 256, 256, 256] of "
+                           "trunk_width 256"),
+    ({"trunk_width": 8, "normal_decoder_widths": (48, 40, 20, 20, 8),
+      "image_decoder_widths": (64, 32, 16, 16, 8)},
+     "must exceed the skip channels [32, 16, 8, 8, 8] of trunk_width 8"),
+    ({"trunk_width": 128}, "start with the latent's 1024 channels (8 x trunk_width 128), "
+                           "got 512"),
 ])
 def test_config_rejects_widths_the_graph_cannot_take(override, message):
     # Caught when the config is read (from YAML or a checkpoint), not deep in a decoder.
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=re.escape(message)):
         ModelConfig(**override)

@@ -1,4 +1,4 @@
-"""The normal-map convention, its RGB encoding and the converters (DESIGN.md §2)."""
+"""The normal-map convention, its RGB encoding and the converters (docs/design.md §2)."""
 
 import numpy as np
 import pytest
@@ -66,7 +66,7 @@ def test_convert_round_trips_exactly(src, dst):
 def test_handedness_is_as_documented():
     dets = {name: round(float(np.linalg.det(c.matrix))) for name, c in N.CONVENTIONS.items()}
     # Ours and OpenCV are right-handed frames (a rotation apart); flipping one axis, as the
-    # seed-000 files and SfSNet's image axes do, gives a left-handed frame.
+    # Datagen's files and SfSNet's image axes do, gives a left-handed frame.
     assert dets == {"opengl": 1, "opencv": 1, "datagen": -1, "sfsnet": -1, "official": 1}
 
 
@@ -80,8 +80,8 @@ def test_encode_frontal_and_axes():
     np.testing.assert_array_equal(rgb, [[0.5, 0.5, 1.0], [1.0, 0.5, 0.5], [0.5, 0.0, 0.5]])
 
 
-def test_encode_datagen_matches_seed_formula():
-    # Seed 000: x = 2R - 1, y = 2G - 1, z = 1 - 2B with z along the viewing direction.
+def test_encode_datagen_matches_datagen_formula():
+    # Datagen (docs/design.md §10): x = 2R - 1, y = 2G - 1, z = 1 - 2B, z along the view.
     sphere = orthographic_sphere(33)
     rgb = N.encode_rgb(sphere.normals, "datagen")
     m = sphere.mask

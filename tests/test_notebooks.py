@@ -81,7 +81,7 @@ def _expect_normal_maps(nb) -> None:
     assert "centre: n = [0. 0. 1.]  rgb = [0.5 0.5 1. ]" in text
     assert re.search(r"right: n = \[0\.775 0\. +0\.632\]", text)
     assert re.search(r"top: n = \[0\. +0\.775 0\.632\]", text)
-    # Section 2: conversions and the seed-000 trap.
+    # Section 2: conversions and the Datagen trap.
     assert "opencv -> opengl round trip exact: True" in text
     assert "datagen RGB == our RGB: True" in text
     assert "datagen [ 0.  0. -1.]" in text

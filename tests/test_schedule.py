@@ -2,29 +2,36 @@
 data every step and rank sees."""
 
 import logging
+import re
 from collections import Counter
 
 import pytest
+import torch
 from torch.utils.data import default_collate
 
-from crossmodal.config import DataConfig, ExperimentConfig, TrainConfig
+from crossmodal.config import (
+    ConfigError, DataConfig, ExperimentConfig, ScheduleConfig, TrainConfig, load_config)
 from crossmodal.engine.data import StepBatchSampler
 from crossmodal.engine.schedule import (
-    ITERATIONS, Iteration, MixedBatchSchedule, plan_for, resolve_proportions)
+    Iteration, MixedBatchSchedule, plan_for, resolve_proportions)
 from crossmodal.engine.trainer import Trainer
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import CrossModalNet, ModelConfig
+from crossmodal.models import CrossModalNet
 
-from conftest import TINY_MODEL as TINY
+from conftest import smoke_model
 
 GROUPS = ("image_encoder", "normal_encoder", "normal_decoder", "image_decoder")
 
 
-def config(data_root, run_dir, variant="full", **train):
+ALL_ROUTES = ("image_to_normal", "normal_to_normal", "image_to_image")
+
+
+def config(data_root, run_dir, variant="full", schedule=None, **train):
     return ExperimentConfig(
-        name="schedule", run_dir=str(run_dir), model=ModelConfig(variant=variant, **TINY),
+        name="schedule", run_dir=str(run_dir), model=smoke_model(variant=variant),
         data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
                         normal=["synth"], val=[], image_size=64, batch_size=2, num_workers=0),
+        schedule=schedule or ScheduleConfig(),
         train=TrainConfig(**{"max_steps": 4, "log_every": 1, **train}))
 
 
@@ -66,13 +73,50 @@ def full_trainer(data_root, tmp_path_factory):
     return trainer, Recorder(trainer)
 
 
-def test_iterations_are_the_papers_schedule():
-    assert ITERATIONS == {
-        "paired": (Iteration("normal_to_normal", "normals", ("normal",)),
-                   Iteration("image_to_normal", "image", ("normal", "image"))),
-        "image": (Iteration("image_to_image", "image", ("image",)),),
-        "normal": (Iteration("normal_to_normal", "normals", ("normal",)),),
+def test_default_schedule_is_the_papers():
+    """§3.3: paired -> normal->normal, then image->normal with the image loss on the same
+    encoding; image-only -> image->image; normal-only -> normal->normal; equal weights."""
+    assert plan_for(ScheduleConfig(), ALL_ROUTES) == {
+        "paired": (Iteration("normal_to_normal", "normals", ("normal",), (1.0,)),
+                   Iteration("image_to_normal", "image", ("normal", "image"), (1.0, 1.0))),
+        "image": (Iteration("image_to_image", "image", ("image",), (1.0,)),),
+        "normal": (Iteration("normal_to_normal", "normals", ("normal",), (1.0,)),),
     }
+    assert plan_for(ScheduleConfig(), ALL_ROUTES)["paired"][1].outputs == ("normals", "image")
+
+
+def test_schedule_is_a_yaml_diff(tmp_path):
+    """An ablation of the schedule is a few lines on top of an experiment."""
+    (tmp_path / "ablation.yaml").write_text(
+        "_base_: base.yaml\nschedule:\n  paired: [image_to_normal]\n"
+        "  loss_weights:\n    image_to_normal: {image: 0.5}\n")
+    (tmp_path / "base.yaml").write_text("name: base\n")
+    schedule = load_config(tmp_path / "ablation.yaml").schedule
+    assert schedule.paired == ["image_to_normal"]
+    assert schedule.loss_weights["image_to_normal"] == {"normal": 1.0, "image": 0.5}
+    assert schedule.image == ["image_to_image"]  # the rest stays the paper's
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.image=[image_to_normal]",
+     "schedule.image: the image_to_normal pass needs normals, which image samples do not"),
+    ("schedule.normal=[image_to_image]", "needs image, which normal samples do not have"),
+    ("schedule.paired=[image_to_depth]", "unknown route 'image_to_depth'; valid: "
+     "image_to_normal, normal_to_normal, image_to_image"),
+    ("schedule.loss_weights.image_to_image.normal=1",
+     "unknown loss term 'schedule.loss_weights.image_to_image.normal'; the image_to_image "
+     "pass has image"),
+    ("schedule.loss_weights.normal_to_normal.normal=-1",
+     "schedule.loss_weights.normal_to_normal.normal must be a non-negative number"),
+    ("schedule.loss_weights.image_to_normal=null",
+     "schedule.loss_weights must be dict[str, dict[str, float]], got"),
+    ("schedule.iterations=[]", "unknown key 'schedule.iterations'; valid keys in schedule: "
+     "paired, image, normal, loss_weights"),
+])
+def test_bad_schedules_are_one_line_errors(tmp_path, override, message):
+    (tmp_path / "e.yaml").write_text("name: e\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(tmp_path / "e.yaml", [override])
 
 
 def test_paired_batch_runs_normal_to_normal_then_image_to_normal(full_trainer):
@@ -107,26 +151,51 @@ def test_single_type_batch_runs_its_one_iteration(full_trainer, kind, route, ter
         "image_encoder", "normal_encoder", "normal_decoder", "image_decoder")}]
 
 
-def test_image_encoder_gets_no_gradient_from_normal_to_normal(full_trainer):
-    trainer, _ = full_trainer
-    trainer.step, batch = batch_of(trainer, "normal")
-    grads = {}
-    step = trainer.optimizer.step
-    trainer.optimizer.step = lambda: grads.update(
-        {name: p.grad for name, p in trainer.net.named_parameters()})
-    try:
-        trainer.train_step(batch)
-    finally:
-        trainer.optimizer.step = step
-    image_side = [g for name, g in grads.items() if name.startswith(("image_encoder.",
-                                                                     "image_decoder."))]
-    assert image_side and all(g is None or not g.any() for g in image_side)
+def test_weighted_terms_and_a_zero_weight(data_root, tmp_path):
+    """The total is the weighted sum of the terms (hand-computed); a term of weight 0 is not
+    computed, so the parameters only it reaches (D_I) get no gradient."""
+    schedule = ScheduleConfig(loss_weights={"normal_to_normal": {"normal": 2.0},
+                                            "image_to_normal": {"normal": 0.5, "image": 0.0},
+                                            "image_to_image": {"image": 1.0}})
+    trainer = Trainer(config(data_root, tmp_path, schedule=schedule))
+    rec = Recorder(trainer)
+    losses = rec.run(trainer, "paired")
+    assert losses["normal_to_normal"]["total"] == pytest.approx(
+        2.0 * losses["normal_to_normal"]["normal"], rel=1e-6)
+    assert set(losses["image_to_normal"]) == {"total", "normal"}
+    assert losses["image_to_normal"]["total"] == pytest.approx(
+        0.5 * losses["image_to_normal"]["normal"], rel=1e-6)
+    assert [g["image_decoder"] for g in rec.grads] == [False, False]
+    assert rec.grads[1]["image_encoder"] and rec.grads[1]["normal_decoder"]
+
+
+def test_zero_image_to_image_weight_trains_without_image_batches(data_root, tmp_path,
+                                                                 caplog):
+    """With the image->image term (and the paired image term) at weight 0, image-only
+    batches have nothing to train and are dropped; training runs, and D_I is never
+    updated: no gradient, no optimizer state, its initial weights."""
+    schedule = ScheduleConfig(loss_weights={"normal_to_normal": {"normal": 1.0},
+                                            "image_to_normal": {"normal": 1.0, "image": 0.0},
+                                            "image_to_image": {"image": 0.0}})
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config(data_root, tmp_path, schedule=schedule, max_steps=6))
+    assert "dropping image batches" in caplog.text
+    assert set(trainer.proportions) == {"paired", "normal"}
+    initial = {k: v.clone() for k, v in trainer.net.image_decoder.state_dict().items()}
+    trained = {k: v.clone() for k, v in trainer.net.normal_decoder.state_dict().items()}
+    assert trainer.train()["step"] == 6
+    decoder = trainer.net.image_decoder
+    assert all(p.grad is None for p in decoder.parameters())
+    assert not any(p in trainer.optimizer.state for p in decoder.parameters())
+    assert all(torch.equal(v, initial[k]) for k, v in decoder.state_dict().items())
+    assert not all(torch.equal(v, trained[k])
+                   for k, v in trainer.net.normal_decoder.state_dict().items())
 
 
 def test_plain_unet_runs_only_image_to_normal(data_root, tmp_path, caplog):
-    routes = CrossModalNet(ModelConfig(variant="plain_unet", **TINY)).routes
-    plan = plan_for(routes)
-    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal",)),),
+    routes = CrossModalNet(smoke_model(variant="plain_unet")).routes
+    plan = plan_for(ScheduleConfig(), routes)
+    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal",), (1.0,)),),
                     "image": (), "normal": ()}
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(config(data_root, tmp_path, variant="plain_unet"))
@@ -141,21 +210,24 @@ def test_plain_unet_runs_only_image_to_normal(data_root, tmp_path, caplog):
 
 
 def test_no_normal_encoder_keeps_the_image_passes():
-    plan = plan_for(CrossModalNet(ModelConfig(variant="no_normal_encoder", **TINY)).routes)
-    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal", "image")),),
-                    "image": (Iteration("image_to_image", "image", ("image",)),),
+    routes = CrossModalNet(smoke_model(variant="no_normal_encoder")).routes
+    plan = plan_for(ScheduleConfig(), routes)
+    assert plan == {"paired": (Iteration("image_to_normal", "image", ("normal", "image"),
+                                         (1.0, 1.0)),),
+                    "image": (Iteration("image_to_image", "image", ("image",), (1.0,)),),
                     "normal": ()}
 
 
 def test_resolve_proportions_drops_types_without_data(caplog):
-    plan = plan_for(("image_to_normal", "normal_to_normal", "image_to_image"))
+    plan = plan_for(ScheduleConfig(), ALL_ROUTES)
     with caplog.at_level(logging.WARNING):
         shares = resolve_proportions({"paired": 2, "image": 1, "normal": 1}, plan,
                                      {"paired": 5, "image": 3, "normal": 0})
     assert shares == pytest.approx({"paired": 2 / 3, "image": 1 / 3})
     assert "no normal training samples" in caplog.text
     with pytest.raises(CrossmodalError, match="no usable training data"):
-        resolve_proportions({"normal": 1}, plan_for(("image_to_normal",)), None, "plain_unet")
+        resolve_proportions({"normal": 1}, plan_for(ScheduleConfig(), ("image_to_normal",)),
+                            None, "plain_unet")
 
 
 # ---------------------------------------------------------------------- the data

@@ -12,8 +12,7 @@ import torch
 from crossmodal.cli import main
 from crossmodal.data.augment import hflip
 from crossmodal.data.format import read_dataset
-from crossmodal.render import Camera, render
-from crossmodal.shapes import Intrinsics
+from crossmodal.render import Camera, Intrinsics, render
 from crossmodal.synth.face_model import FaceModel
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig, plan_dataset, render_sample

@@ -18,14 +18,15 @@ from crossmodal.checkpoint import build_model, load_checkpoint
 from crossmodal.cli import main
 from crossmodal.config import (DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
                                config_to_dict)
-from crossmodal.engine import schedule as schedule_module
 from crossmodal.engine.data import TrainSet, resize_sample
 from crossmodal.engine.lr_schedule import learning_rate
 from crossmodal.engine.trainer import Trainer, resolve_amp
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import ModelConfig
+from crossmodal.evaluate import evaluate_checkpoint
+from crossmodal.models import CrossModalNet
+from crossmodal.models.losses import LOSS_TERMS
 
-from conftest import TINY_MODEL as TINY
+from conftest import smoke_model
 
 STEPS = 6
 #: A warm-up and a cosine decay, so that resuming must also restore the rate's position.
@@ -34,7 +35,7 @@ OPTIM = OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=2, min_lr=1e-5)
 
 def config(data_root, run_dir, **train):
     return ExperimentConfig(
-        name="tiny", run_dir=str(run_dir), model=ModelConfig(**TINY),
+        name="tiny", run_dir=str(run_dir), model=smoke_model(),
         data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
                         normal=["synth"], val=["synth"], image_size=64, batch_size=2,
                         num_workers=0),
@@ -155,13 +156,13 @@ def test_non_finite_loss_stops_and_saves_the_state_before_the_step(
     # Step 3 (index 2) is a paired batch: poison its second iteration (image->normal), so
     # the first (normal->normal) has already updated the weights when the guard fires.
     assert trainer.schedule.kind_at(2) == "paired"
-    output, target, image_loss = schedule_module.LOSSES["image"]
+    output, image_loss = LOSS_TERMS["image"]
 
     def poisoned(pred, truth, mask):
         loss = image_loss(pred, truth, mask)
         return loss * float("nan") if trainer.step == 2 else loss
 
-    monkeypatch.setitem(schedule_module.LOSSES, "image", (output, target, poisoned))
+    monkeypatch.setitem(LOSS_TERMS, "image", (output, poisoned))
     before = {}
     train_step = trainer.train_step
 
@@ -282,13 +283,35 @@ def test_bf16_training_on_the_cpu(data_root, tmp_path):
                              val_every=0))
     assert trainer.amp_dtype is torch.bfloat16 and not trainer.scaler.is_enabled()
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    dtypes = set()
-    trainer.net.register_forward_hook(
-        lambda module, inputs, outputs: dtypes.update(t.dtype for t in outputs.values()))
+    dtypes = {True: set(), False: set()}
+    trainer.net.register_forward_hook(lambda module, inputs, outputs: dtypes[
+        module.training].update(t.dtype for t in outputs.values()))
     result = trainer.train()
-    assert dtypes == {torch.bfloat16}  # every training and validation forward ran in bf16
+    # Every training forward ran in bf16; validation, the inference path, in float32.
+    assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}
     assert result["step"] == 2 and 0 < result["val"]["val/mean"] < 180
     after = trainer.net.state_dict()
     # Autocast computes in bf16 but the weights, and so the checkpoint, stay float32.
     assert all(v.dtype == before[k].dtype for k, v in after.items())
     assert any(not torch.equal(v, before[k]) for k, v in after.items())
+
+
+def test_validation_is_the_measurement_crossmodal_eval_reports(data_root, data_root_256,
+                                                               tmp_path):
+    """A 64 px model validated on 256 px data: the trainer's metrics (which pick best.pt)
+    are exactly what `crossmodal eval` gives for the saved weights on that split."""
+    large = str(data_root_256 / "large")
+    cfg = config(data_root, tmp_path / "val", max_steps=2, val_every=0)
+    cfg.data.val = [large]
+    trainer = Trainer(cfg)
+    result = trainer.train()
+    metrics, _ = evaluate_checkpoint(tmp_path / "val" / "last.pt", large, split="val",
+                                     device="cpu", progress=False)
+    assert metrics["image_size"] == 256 and metrics["model_image_size"] == 64
+    val = result["val"]
+    assert val["val/n_images"] == metrics["n_images"] == 3
+    assert val["val/n_pixels"] == metrics["n_pixels"]
+    for key in ("mean", "std", "median", "pixel_mean"):
+        assert val[f"val/{key}"] == pytest.approx(metrics[key], abs=1e-4)
+    for t in ("20", "25", "30"):
+        assert val[f"val/below_{t}"] == pytest.approx(metrics["below"][t], abs=1e-4)

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import_official(args: argparse.Namespace) -> int:
     # Imported here so that the CLI starts without torch for the commands not needing it.
-    from ..models.official import import_official
+    from ..checkpoint.official import import_official
 
     report = import_official(args.model, args.out)
     log.info("%s: %s", args.model, report.summary())

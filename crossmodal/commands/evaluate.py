@@ -1,4 +1,4 @@
-"""``crossmodal eval`` (a checkpoint's metrics on a dataset split, DESIGN.md §6) and
+"""``crossmodal eval`` (a checkpoint's metrics on a dataset split, docs/design.md §6) and
 ``crossmodal report`` (a markdown ablation table of eval results, like the paper's
 Table 7)."""
 
@@ -19,11 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="angular-error metrics of a checkpoint on a dataset split",
         description="Predict normals for every paired sample of a split of a dataset "
-        "folder (DESIGN.md §3) and compare them with the ground truth over the facial "
+        "folder (docs/design.md §3) and compare them with the ground truth over the facial "
         "mask: mean ± std over images of the per-image mean error, and the median, mean "
         "and % of pixels below 20/25/30 degrees over all pooled pixels. Writes the JSON "
-        "of DESIGN.md §6 plus experiment, variant, n_excluded_pred and n_empty_images; a "
-        "metric without any valid pixel is null (the file is standard JSON).")
+        "of docs/design.md §6 plus experiment, variant, image_size, model_image_size, "
+        "n_excluded_pred and n_empty_images; a metric without any valid pixel is null (the "
+        "file is standard JSON). The network runs in float32 at the resolution it was "
+        "trained at; its predictions are resized back and scored against the ground truth "
+        "at the dataset's own resolution, exactly as validation during training scores.")
     p.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
                    help="checkpoint written by crossmodal train or import-official")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
@@ -32,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="FILE.json",
                    help="write the metrics JSON here (default: standard output)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="run the network at S x S pixels (default: the resolution the "
+                   "checkpoint was trained at); predictions are resized back and scored "
+                   "at the dataset's own resolution either way")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--workers", type=int, default=0,
@@ -66,6 +73,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise CrossmodalError("--batch-size must be at least 1 and --workers at least 0")
+    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
+        raise CrossmodalError(f"--image-size must be a positive multiple of 32 (the encoder "
+                              f"downsamples 5 times), got {args.image_size}")
     # Checked before the (long) evaluation rather than when the picture is written.
     if args.panel is not None:
         if args.panel.suffix.lower() not in IMAGE_SUFFIXES:
@@ -75,7 +85,8 @@ def run_eval(args: argparse.Namespace) -> int:
             raise CrossmodalError(f"--panel-count must be at least 1, got {args.panel_count}")
     metrics, panel = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
-        device=args.device, num_workers=args.workers, progress=not args.quiet,
+        device=args.device, image_size=args.image_size, num_workers=args.workers,
+        progress=not args.quiet,
         panel_count=args.panel_count if args.panel is not None else 0)
     text = metrics_json(metrics)
     if args.out is None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import CrossmodalError
+from ..image_size import check_image_size
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..synth.generate import generate
     from ..synth.sampler import SynthConfig
 
-    if args.size < 32 or args.size % 32:
-        raise CrossmodalError(f"--size {args.size}: use a multiple of 32 (the model needs it)")
+    check_image_size(args.size, "--size", "use")
     if not 0 <= args.val + args.test < 1 or min(args.val, args.test) < 0:
         raise CrossmodalError(f"--val {args.val} and --test {args.test} must be non-negative "
                               f"and leave identities for training")

@@ -1,4 +1,4 @@
-"""Face datasets: the on-disk format (DESIGN.md §3), augmentation and the torch dataset.
+"""Face datasets: the on-disk format (docs/design.md §3), augmentation and the torch dataset.
 
 - :mod:`crossmodal.data.format`: :class:`DatasetInfo`, :class:`Sample`,
   :class:`DatasetWriter` and :func:`read_dataset`, what every producer writes and every

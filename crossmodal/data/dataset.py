@@ -1,8 +1,9 @@
-"""A torch ``Dataset`` over one split of a dataset folder (DESIGN.md §3).
+"""A torch ``Dataset`` over one split of a dataset folder (docs/design.md §3).
 
 The paper trains on batches of one data type at a time (paired, image-only or
-normal-only, §4.1): :meth:`FaceNormalsDataset.indices_by_kind` gives the indices of each
-kind for a batch sampler. An item holds only the modalities its row has, so the default
+normal-only, §4.1), so training opens one dataset per folder and kind
+(:class:`crossmodal.engine.data.TrainSet`, which also resizes and augments) and evaluation
+one over the paired rows. An item holds only the modalities its row has, so the default
 ``collate`` works on any batch of one kind.
 """
 
@@ -19,7 +20,6 @@ from torch.utils.data import Dataset
 
 from .. import io
 from ..errors import InputError
-from .augment import Augment
 from .format import KINDS, SPLITS, Sample, read_dataset
 
 __all__ = ["FaceNormalsDataset"]
@@ -40,10 +40,6 @@ class FaceNormalsDataset(Dataset):
     Absent modalities are absent keys (not ``None``, which ``collate`` cannot batch).
     The losses also ignore zero (invalid) normals inside the mask.
 
-    Augmentation randomness comes from ``(seed, epoch, index)`` alone, so it is the same
-    in any worker and any order; call :meth:`set_epoch` before each epoch (with
-    ``persistent_workers`` the workers keep the epoch they were started with).
-
     Raises:
         InputError: from :func:`read_dataset`; an unknown split or kind; on access, an
             unreadable or wrongly sized file (naming the sample id and the file).
@@ -54,8 +50,6 @@ class FaceNormalsDataset(Dataset):
         root: str | os.PathLike,
         split: str = "train",
         kinds: Sequence[str] = KINDS,
-        augment: Augment | None = None,
-        seed: int = 0,
     ) -> None:
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -67,33 +61,11 @@ class FaceNormalsDataset(Dataset):
         self.root = Path(root)
         self.info, samples = read_dataset(self.root)
         self.split = split
-        self.kinds = kinds
         self.samples: list[Sample] = [s for s in samples
                                       if s.split == split and s.kind in kinds]
-        self.augment = augment
-        self.seed = int(seed)
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch``."""
-        self.epoch = int(epoch)
-
-    def indices_by_kind(self) -> dict[str, list[int]]:
-        """``{kind: [indices]}`` for every requested kind (possibly empty lists); the lists
-        partition ``range(len(self))``."""
-        out: dict[str, list[int]] = {k: [] for k in self.kinds}
-        for i, sample in enumerate(self.samples):
-            out[sample.kind].append(i)
-        return out
-
-    def generator(self, index: int) -> torch.Generator:
-        """The augmentation generator of item ``index`` in the current epoch."""
-        state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(
-            1, dtype=np.uint64)[0]
-        return torch.Generator().manual_seed(int(state))
 
     def _load(self, sample: Sample) -> dict[str, np.ndarray]:
         """Read a row's files: image ``(S, S, 3)``, normals ``(S, S, 3)``, mask ``(S, S)``."""
@@ -126,6 +98,4 @@ class FaceNormalsDataset(Dataset):
             name: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
             for name, a in arrays.items() if name != "mask"}
         item["mask"] = torch.from_numpy(arrays["mask"])
-        if self.augment is not None:
-            item = self.augment(item, self.generator(index))
         return {"id": sample.id, "kind": sample.kind, "index": index, **item}

@@ -1,4 +1,4 @@
-"""The on-disk dataset format (DESIGN.md §3): every producer writes it, every consumer reads it.
+"""The on-disk dataset format (docs/design.md §3): every producer writes it, every consumer reads it.
 
 ::
 
@@ -40,6 +40,7 @@ __all__ = [
     "COLUMNS",
     "INFO_FILE",
     "KINDS",
+    "KIND_ENTRIES",
     "SAMPLES_FILE",
     "SPLITS",
     "DatasetInfo",
@@ -50,10 +51,13 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 KINDS = ("paired", "image", "normal")
+#: The maps a sample of each kind carries (its mask always): a batch entry a pass can read
+#: or a loss can compare with.
+KIND_ENTRIES = {"paired": ("image", "normals"), "image": ("image",), "normal": ("normals",)}
 COLUMNS = ("id", "subject", "split", "image", "normal", "mask")
 INFO_FILE = "dataset.json"
 SAMPLES_FILE = "samples.csv"
-#: The one convention normal maps are stored in (DESIGN.md §2, §3).
+#: The one convention normal maps are stored in (docs/design.md §2, §3).
 CONVENTION = "opengl"
 
 # Ids become file names: no separators, no leading dot (hidden / temporary files).
@@ -74,7 +78,7 @@ class DatasetInfo:
         license: licence of the data, e.g. ``"MIT"`` or ``"research only"``.
         convention: the normal-map convention; always ``"opengl"`` (ours) in this format.
         image_size: side in pixels of every (square) image, normal map and mask.
-        crop: the crop protocol the images went through (DESIGN.md §4).
+        crop: the crop protocol the images went through (docs/design.md §4).
         created_by: the program (and version) that wrote the dataset.
     """
 
@@ -102,7 +106,7 @@ class DatasetInfo:
                              f"\"{CONVENTION}\"")
 
     def to_json(self) -> str:
-        """The ``dataset.json`` text (keys in DESIGN.md order, trailing newline)."""
+        """The ``dataset.json`` text (keys in docs/design.md order, trailing newline)."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
@@ -122,7 +126,7 @@ class DatasetInfo:
         missing = [k for k in required if k not in data]
         if missing:
             raise InputError(f"{source}: missing key(s) {', '.join(missing)}; add them "
-                             f"(DESIGN.md §3)")
+                             f"(docs/design.md §3)")
         try:
             return cls(**{k: data[k] for k in names if k in data})
         except InputError as err:
@@ -175,7 +179,7 @@ def _read_info(root: Path) -> DatasetInfo:
     path = root / INFO_FILE
     if not path.is_file():
         raise InputError(f"{root} is not a dataset folder: {INFO_FILE} is missing; point to a "
-                         f"folder written by crossmodal synth/prepare (DESIGN.md §3)")
+                         f"folder written by crossmodal synth/prepare (docs/design.md §3)")
     return DatasetInfo.from_json(path.read_text(encoding="utf-8"), str(path))
 
 

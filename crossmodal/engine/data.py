@@ -7,8 +7,10 @@ the ``(type, index, augmentation seed)`` of every sample of every step of this r
 Nothing about the data depends on the epoch, the worker or an iterator's history, so a
 loader started at step s yields what an uninterrupted run yields from step s on.
 
-Validation: the ``data.val`` folders' ``data.val_split`` paired rows, unaugmented, split
-into disjoint contiguous shards across ranks (no padding, so every image counts once).
+Validation: the ``data.val`` folders' ``data.val_split`` paired rows, unaugmented and at
+each folder's own resolution (the inference path resizes for the network and scores against
+the ground truth as it is, docs/design.md §6), one loader per folder, each split into
+disjoint contiguous shards across ranks (no padding, so every image counts once).
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from ..config import DataConfig
 from ..data.augment import Augment
 from ..data.dataset import FaceNormalsDataset
+from ..data.format import KINDS
+from ..data.resize import resize_images, resize_masks, resize_normals
 from ..errors import CrossmodalError
-from .schedule import KINDS, MixedBatchSchedule
+from .schedule import MixedBatchSchedule
 
-__all__ = ["StepBatchSampler", "TrainSet", "ValSet", "dataset_folder", "resize_sample",
-           "train_loader", "val_loader"]
+__all__ = ["StepBatchSampler", "TrainSet", "dataset_folder", "resize_sample", "train_loader",
+           "val_loaders"]
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +58,15 @@ def dataset_folder(data: DataConfig, path: str, section: str) -> Path:
 
 
 def resize_sample(item: Mapping[str, Any], size: int) -> dict[str, Any]:
-    """A sample at ``size`` x ``size``; returned as is when already that size.
-
-    Images ``(3, H, W)``: area averaging when shrinking, bilinear when enlarging. Normals
-    ``(3, H, W)``: bilinear, then renormalised (pixels left without a direction, where
-    only invalid zero vectors contributed, stay zero). Masks ``(H, W)``: nearest.
-    """
+    """A sample at ``size`` x ``size`` by the rules of :mod:`crossmodal.data.resize`: image
+    ``(3, H, W)``, normals ``(3, H, W)`` and mask ``(H, W)``, each as is when already that
+    size."""
     out = dict(item)
-    for name in ("image", "normals"):
+    for name, resize in (("image", resize_images), ("normals", resize_normals),
+                         ("mask", resize_masks)):
         x = item.get(name)
-        if x is None or tuple(x.shape[-2:]) == (size, size):
-            continue
-        shrink = x.shape[-1] > size or x.shape[-2] > size
-        mode = "area" if name == "image" and shrink else "bilinear"
-        y = F.interpolate(x[None].float(), size=(size, size), mode=mode,
-                          align_corners=None if mode == "area" else False)[0]
-        if name == "normals":
-            norm = torch.linalg.vector_norm(y, dim=0, keepdim=True)
-            y = torch.where(norm > 1e-3, y / norm.clamp_min(1e-3), 0.0)
-        else:
-            y = y.clamp(0.0, 1.0)
-        out[name] = y
-    mask = item.get("mask")
-    if mask is not None and tuple(mask.shape) != (size, size):
-        out["mask"] = F.interpolate(mask[None, None].float(), size=(size, size),
-                                    mode="nearest")[0, 0] > 0.5
+        if x is not None and tuple(x.shape[-2:]) != (size, size):
+            out[name] = resize(x[None], (size, size))[0]
     return out
 
 
@@ -188,46 +175,35 @@ def train_loader(
                       worker_init_fn=_ignore_stop_signals if num_workers else None)
 
 
-class ValSet(Dataset):
-    """Paired validation samples, resized to ``image_size``, unaugmented: items
-    ``{"id", "image" (3, S, S), "normals" (3, S, S), "mask" (S, S)}``."""
-
-    def __init__(self, parts: Sequence[FaceNormalsDataset], image_size: int,
-                 indices: range) -> None:
-        self.samples = ConcatDataset(parts)
-        self.image_size = image_size
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = resize_sample(self.samples[self.indices[i]], self.image_size)
-        return {k: item[k] for k in ("id", "image", "normals", "mask")}
-
-
-def val_loader(
+def val_loaders(
     data: DataConfig, *, val_batches: int, rank: int, world_size: int, pin_memory: bool,
-) -> DataLoader | None:
-    """This rank's validation batches, or None when ``data.val`` lists no folder or the
-    folders have no paired ``data.val_split`` rows (logged).
+) -> list[DataLoader]:
+    """This rank's validation batches, one loader per ``data.val`` folder with paired
+    ``data.val_split`` rows, at that folder's resolution; empty when there are none (logged).
 
     ``val_batches`` > 0 caps the validation set at its first ``val_batches *
-    data.batch_size`` samples, before sharding, so the metrics do not depend on the
-    number of ranks; rank r takes the r-th of ``world_size`` contiguous parts.
+    data.batch_size`` samples (the folders in order), before sharding, so the metrics do not
+    depend on the number of ranks; rank r takes the r-th of ``world_size`` contiguous parts
+    of each folder's samples.
     """
     if not data.val:
-        return None
+        return []
     folders = [dataset_folder(data, p, "val") for p in data.val]
     parts = _split_rows(folders, data.val_split, "paired")
-    total = sum(len(p) for p in parts)
-    if not total:
+    if not parts:
         log.warning("no validation: the data.val folders have no paired %r rows",
                     data.val_split)
-        return None
-    if val_batches > 0:
-        total = min(total, val_batches * data.batch_size)
-    shard = range(rank * total // world_size, (rank + 1) * total // world_size)
-    return DataLoader(ValSet(parts, data.image_size, shard), batch_size=data.batch_size,
-                      shuffle=False, num_workers=data.num_workers, pin_memory=pin_memory,
-                      worker_init_fn=_ignore_stop_signals if data.num_workers else None)
+        return []
+    budget = val_batches * data.batch_size if val_batches > 0 else None
+    loaders = []
+    for part in parts:
+        total = len(part) if budget is None else min(len(part), budget)
+        if budget is not None:
+            budget -= total
+        shard = range(rank * total // world_size, (rank + 1) * total // world_size)
+        if total:
+            loaders.append(DataLoader(
+                Subset(part, shard), batch_size=data.batch_size, shuffle=False,
+                num_workers=data.num_workers, pin_memory=pin_memory,
+                worker_init_fn=_ignore_stop_signals if data.num_workers else None))
+    return loaders

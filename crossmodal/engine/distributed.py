@@ -14,40 +14,13 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..device import uses_cuda
 from ..errors import CrossmodalError
 
-__all__ = ["barrier", "cleanup", "init_distributed", "is_main", "local_rank", "rank",
-           "resolve_device", "uses_cuda", "world_size"]
+__all__ = ["all_reduce_max", "barrier", "broadcast_buffers", "cleanup", "comm_device",
+           "init_distributed", "local_rank", "rank", "world_size"]
 
 _ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def resolve_device(name: str | torch.device, local_rank: int = 0,
-                   option: str = "device") -> torch.device:
-    """A device name as a device: 'auto' is CUDA when available, else the CPU; 'cuda'
-    without an index is GPU ``local_rank`` (one per process under torchrun). ``option``
-    names the setting in error messages (``train.device``, ``--device``)."""
-    if str(name) == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise CrossmodalError(f"unknown device {str(name)!r} for {option}; use auto, cpu, cuda "
-                              f"or cuda:N")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if not torch.cuda.is_available() or device.index >= torch.cuda.device_count():
-            raise CrossmodalError(f"{option} {str(name)!r}: no such CUDA device here "
-                                  f"({torch.cuda.device_count()} available); use cpu or auto")
-    return device
-
-
-def uses_cuda(device: str) -> bool:
-    """Whether ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) means a GPU here."""
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def init_distributed(device: str = "auto") -> tuple[int, int, int]:
@@ -98,9 +71,25 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
-def is_main() -> bool:
-    """Whether this process writes files and logs (rank 0)."""
-    return rank() == 0
+def comm_device(device: torch.device) -> torch.device:
+    """Where a collective's tensors live: the training device under NCCL, else the CPU."""
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all processes (``value`` itself when not distributed)."""
+    if world_size() == 1:
+        return value
+    flag = torch.tensor([value], dtype=torch.int64, device=comm_device(device))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers of ``module`` (no-op when not distributed)."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

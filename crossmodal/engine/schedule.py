@@ -1,11 +1,11 @@
 """The mixed-batch schedule of paper §3.3: which passes a batch of each data type runs, and
 which data every step and every rank sees.
 
-Configuration as data: :data:`ITERATIONS` lists, per data type, the optimizer steps its
-batch runs (each :class:`Iteration` is one ``zero_grad`` / forward / loss / backward /
-``step``), and :data:`LOSSES` what each named loss compares. :func:`plan_for` adapts that
-table to a model variant (Fig. 6) and :func:`resolve_proportions` drops the data types a
-run cannot use.
+Configuration as data: the ``schedule`` section of an experiment
+(:class:`~crossmodal.config.ScheduleConfig`) lists, per data type, the passes its batch runs
+and the weight of each loss term; :func:`plan_for` turns it into the :class:`Iteration`
+each batch type runs on a model variant (Fig. 6), each one ``zero_grad`` / forward / loss /
+backward / ``step``, and :func:`resolve_proportions` drops the data types a run cannot use.
 
 :class:`MixedBatchSchedule` decides the data without any sampler state: the data type of
 step ``s`` depends on ``(seed, s)`` only, so every DDP rank runs the same passes; the
@@ -20,81 +20,81 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..config import ScheduleConfig
+from ..data.format import KINDS
 from ..errors import CrossmodalError, InputError
-from ..models import image_loss, normal_loss
+from ..models import ROUTE_INPUTS
+from ..models.losses import LOSS_TERMS
 
-__all__ = ["ITERATIONS", "KINDS", "LOSSES", "Iteration", "MixedBatchSchedule",
-           "iteration_losses", "plan_for", "resolve_proportions"]
+__all__ = ["Iteration", "MixedBatchSchedule", "iteration_losses", "plan_for",
+           "resolve_proportions"]
 
 log = logging.getLogger(__name__)
-
-#: The data types, as :data:`crossmodal.data.KINDS` names them.
-KINDS = ("paired", "image", "normal")
 
 
 @dataclass(frozen=True)
 class Iteration:
-    """One optimizer step on a batch: ``model(batch[input], route)`` and the sum of
-    ``losses`` (names in :data:`LOSSES`), with equal weights.
+    """One optimizer step on a batch: ``model(batch[input], route, outputs)`` and the
+    weighted sum of its loss terms.
 
     Attributes:
         route: the model pass (:data:`crossmodal.models.ROUTES`); also the name of the
             iteration in logs (``loss/KIND/ROUTE``).
         input: the batch entry fed in: ``"image"`` ``(B, 3, H, W)`` in [0, 1] or
             ``"normals"`` ``(B, 3, H, W)`` unit vectors.
-        losses: the loss terms summed for the backward pass.
+        losses: the loss terms (names in :data:`~crossmodal.models.losses.LOSS_TERMS`).
+        weights: their weights, positive, in the same order.
     """
 
     route: str
     input: str
     losses: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The model outputs the losses score: all the pass computes."""
+        return tuple(LOSS_TERMS[name][0] for name in self.losses)
 
 
-#: name -> (model output key, batch target key, loss function(pred, target, mask)).
-LOSSES: dict[str, tuple[str, str, Callable[..., torch.Tensor]]] = {
-    "normal": ("normals", "normals", normal_loss),  # eq. 1, masked cosine
-    "image": ("image", "image", image_loss),        # eq. 2, masked L2
-}
+def plan_for(schedule: ScheduleConfig, routes: Sequence[str]) -> dict[str, tuple[Iteration, ...]]:
+    """The iterations each data type runs on a model that can run ``routes``
+    (``CrossModalNet.routes``), from the experiment's ``schedule``.
 
-#: §3.3: a paired batch runs normal->normal (skips off) first, then image->normal plus
-#: image->image from the same encoding (both losses summed with equal weights); an
-#: image-only batch runs image->image; a normal-only batch runs normal->normal.
-ITERATIONS: dict[str, tuple[Iteration, ...]] = {
-    "paired": (Iteration("normal_to_normal", "normals", ("normal",)),
-               Iteration("image_to_normal", "image", ("normal", "image"))),
-    "image": (Iteration("image_to_image", "image", ("image",)),),
-    "normal": (Iteration("normal_to_normal", "normals", ("normal",)),),
-}
-
-
-def plan_for(routes: Sequence[str]) -> dict[str, tuple[Iteration, ...]]:
-    """:data:`ITERATIONS` for a model that can run ``routes`` (``CrossModalNet.routes``).
-
-    Iterations whose route the variant lacks are dropped, and the image loss where there
-    is no image decoder (D_I decodes images on every image pass, so it exists exactly
-    when 'image_to_image' is a route). A data type may be left with no iteration (e.g.
-    normal-only data without E_N); :func:`resolve_proportions` then drops it.
+    Passes the variant lacks are dropped, and so are the image loss where there is no
+    image decoder (D_I decodes images on every image pass, so it exists exactly when
+    'image_to_image' is a route) and terms of weight 0; a pass left without terms is not
+    run. A data type may be left with no iteration (e.g. normal-only data without E_N);
+    :func:`resolve_proportions` then drops it.
     """
     has_image_decoder = "image_to_image" in routes
     plan = {}
-    for kind, iterations in ITERATIONS.items():
-        plan[kind] = tuple(
-            replace(it, losses=tuple(name for name in it.losses
-                                     if name != "image" or has_image_decoder))
-            for it in iterations if it.route in routes)
+    for kind in KINDS:
+        iterations = []
+        for route in getattr(schedule, kind):
+            if route not in routes:
+                continue
+            terms = [(name, float(weight))
+                     for name, weight in schedule.loss_weights[route].items()
+                     if weight > 0 and (LOSS_TERMS[name][0] != "image" or has_image_decoder)]
+            if terms:
+                names, weights = zip(*terms, strict=True)
+                iterations.append(Iteration(route, ROUTE_INPUTS[route], names, weights))
+        plan[kind] = tuple(iterations)
     return plan
 
 
 def iteration_losses(
     iteration: Iteration, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """The scalar loss terms of ``iteration``: ``{name: loss}`` in ``iteration.losses`` order.
+    """The scalar loss terms of ``iteration``, unweighted: ``{name: loss}`` in
+    ``iteration.losses`` order.
 
     Args:
         outputs: the model's ``{"normals", "image"}`` for the iteration's route.
@@ -103,8 +103,8 @@ def iteration_losses(
     """
     terms = {}
     for name in iteration.losses:
-        output_key, target_key, loss = LOSSES[name]
-        terms[name] = loss(outputs[output_key], batch[target_key], batch["mask"])
+        output, loss = LOSS_TERMS[name]
+        terms[name] = loss(outputs[output], batch[output], batch["mask"])
     return terms
 
 
@@ -137,7 +137,8 @@ def resolve_proportions(
             continue
         if not plan.get(kind):
             log.warning("dropping %s batches (data.proportions.%s = %g): the %s model variant "
-                        "has no pass for them", kind, kind, share, variant)
+                        "has no pass with a loss for them (schedule.%s)", kind, kind, share,
+                        variant, kind)
         elif n_by_kind is not None and not n_by_kind.get(kind):
             log.warning("dropping %s batches (data.proportions.%s = %g): no %s training "
                         "samples (data.%s lists no folder with such 'train' rows)", kind,

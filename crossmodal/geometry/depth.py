@@ -1,13 +1,13 @@
-"""Surface normals from a depth map (seed 003, corrected for our frame and depth).
+"""Surface normals from a depth map (a Blender tutorial's recipe, corrected for our frame).
 
-Seed 003 ("Generate Depth and Normal Maps with Blender", ``dmap2norm``) takes 5x5 Sobel
-derivatives ``zx, zy`` of a height map and writes ``n ∝ (-zx, -zy, 1)``. Two things in it
-do not carry over to this package:
+The tutorial "Generate Depth and Normal Maps with Blender" (docs/design.md §10) takes, in
+its ``dmap2norm``, 5x5 Sobel derivatives ``zx, zy`` of a height map and writes
+``n ∝ (-zx, -zy, 1)``. Two things in it do not carry over to this package:
 
 * its derivatives are in image axes (row index downwards) of a *height*, while our depth
   grows *away* from the camera and our normals have +y up (:mod:`crossmodal.normals`);
 * ``cv2.Sobel`` is unnormalised: on the ramp ``f(u) = u`` a ksize-3 kernel answers 8 and a
-  ksize-5 kernel 128, so the seed's ``(-zx, -zy, 1)`` mixes a derivative scaled by 128
+  ksize-5 kernel 128, so the tutorial's ``(-zx, -zy, 1)`` mixes a derivative scaled by 128
   with a unit z and flattens every slope by that factor.
 
 Orthographic maths. A pixel ``(u, v)`` (u right, v down, spacing ``s = pixel_size``) sees
@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..normals import _as_mask, normalize
-from ..shapes import Intrinsics
+from ..render.camera import Intrinsics
 
 __all__ = ["depth_to_normals"]
 
@@ -65,7 +65,7 @@ def depth_to_normals(
     pixel_size: float = 1.0,
     ksize: int = 5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normals of a depth map by Sobel derivatives (seed 003, see the module docstring).
+    """Normals of a depth map by Sobel derivatives (see the module docstring).
 
     Args:
         depth: ``(H, W)`` depth, distance along the viewing axis growing away from the

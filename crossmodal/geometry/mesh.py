@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..fileutil import atomic_write
 from ..io import quantize
 from ..normals import _as_mask
-from ..shapes import Intrinsics
+from ..render.camera import Intrinsics
 
 __all__ = ["MESH_FORMATS", "Mesh", "depth_to_mesh", "write_mesh"]
 

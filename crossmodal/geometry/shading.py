@@ -1,6 +1,6 @@
 """Relighting a normal map: Lambert diffuse plus Blinn-Phong specular.
 
-Seeds 001 and 002 use normal maps for relighting and appearance editing: a renderer only
+Normal maps serve relighting and appearance editing (docs/design.md §10): a renderer only
 needs the normal at each pixel to tell how much light it reflects. :func:`shade` is that
 renderer for an orthographic camera looking along -z (the viewer sits at +z), in our
 camera frame (+x right, +y up, +z towards the camera); :func:`relight_views` renders one
@@ -64,7 +64,7 @@ def shade(
     mask: np.ndarray | None = None,
     view: tuple[float, float, float] = (0.0, 0.0, 1.0),
 ) -> np.ndarray:
-    """Render a normal map under directional lights (seeds 001/002).
+    """Render a normal map under directional lights.
 
     Each valid pixel gets::
 

@@ -1,6 +1,7 @@
-"""Decoders D_N and D_I (paper §3.1; the authors' released graph, DESIGN.md §7).
+"""Decoders D_N and D_I (paper §3.1; the authors' released graph, docs/design.md §7).
 
-Both go from the latent ``(B, 512, H/32, W/32)`` to ``(B, 3, H, W)`` in five stages of
+Both go from the latent ``(B, 8w, H/32, W/32)`` (w: the encoders' trunk width, 64 theirs,
+so 512 channels) to ``(B, 3, H, W)`` in five stages of
 bilinear x2 upsampling (align_corners=True) and a 3x3 conv+ReLU, then a 1x1 conv head.
 The normal decoder first projects the latent with a 1x1 conv+ReLU and, at each stage,
 can take a skip from the image encoder between upsampling and convolution.
@@ -37,6 +38,7 @@ class Decoder(nn.Module):
         project_latent: a 1x1 conv+ReLU from ``latent_channels`` to ``widths[0]`` first
             (the normal decoder's ``layer4_1x1``); otherwise ``widths[0]`` must equal
             ``latent_channels``.
+        latent_channels: channels of the encoders' latent (8 x their trunk width).
         head_channels: output channels of the last 3x3 conv, input of the 1x1 head.
     """
 
@@ -80,8 +82,9 @@ class Decoder(nn.Module):
     def forward(
         self, latent: torch.Tensor, skips: Sequence[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """``latent`` ``(B, 512, h, w)`` and, to activate the skips, the encoder's five
-        skip features deep to shallow (``(B, skip_channels[i], 2^(i+1) h, 2^(i+1) w)``)
+        """``latent`` ``(B, latent_channels, h, w)`` and, to activate the skips, the
+        encoder's five skip features deep to shallow
+        (``(B, skip_channels[i], 2^(i+1) h, 2^(i+1) w)``)
         -> ``(B, out_channels, 32 h, 32 w)``, before any output activation."""
         if skips is not None and not self.skips:
             raise ValueError("this decoder has no skip connections")

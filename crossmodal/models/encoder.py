@@ -7,21 +7,41 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .resnet import ResNet18Trunk
+from .resnet import IMAGENET_WIDTH, ResNet18Trunk, trunk_channels
 from .skip import conv_relu
 
-__all__ = ["EncoderFeatures", "ResNetEncoder"]
+__all__ = ["EncoderChannels", "EncoderFeatures", "ResNetEncoder", "encoder_channels"]
+
+
+class EncoderChannels(NamedTuple):
+    """The channels an encoder of trunk width w hands to the decoders.
+
+    Attributes:
+        skips: the five skip features' channels, shallow to deep: (w, w, w, 2w, 4w).
+        latent: the latent's channels, 8w.
+    """
+
+    skips: tuple[int, ...]
+    latent: int
+
+
+def encoder_channels(width: int = IMAGENET_WIDTH) -> EncoderChannels:
+    """The skip and latent channels of :class:`ResNetEncoder` with trunk ``width``:
+    ((64, 64, 64, 128, 256), 512) for the authors' ResNet-18."""
+    *stages, latent = trunk_channels(width)
+    return EncoderChannels((width, *stages), latent)
 
 
 class EncoderFeatures(NamedTuple):
     """What an encoder hands to the decoders.
 
     Attributes:
-        latent: the shared latent space, ``(B, 512, H/32, W/32)``.
+        latent: the shared latent space, ``(B, 8w, H/32, W/32)`` for trunk width w
+            (512 channels in the authors' ResNet-18, w = 64).
         skips: the five skip features, shallow to deep: full-resolution branch
-            ``(B, 64, H, W)``, stem ``(B, 64, H/2, W/2)``, layer1 ``(B, 64, H/4, W/4)``,
-            layer2 ``(B, 128, H/8, W/8)``, layer3 ``(B, 256, H/16, W/16)``; None when the
-            caller asked for the latent only.
+            ``(B, w, H, W)``, stem ``(B, w, H/2, W/2)``, layer1 ``(B, w, H/4, W/4)``,
+            layer2 ``(B, 2w, H/8, W/8)``, layer3 ``(B, 4w, H/16, W/16)``; None when the
+            caller asked for the latent only. See :func:`encoder_channels`.
     """
 
     latent: torch.Tensor
@@ -31,21 +51,19 @@ class EncoderFeatures(NamedTuple):
 class ResNetEncoder(nn.Module):
     """ResNet-18 encoder with the authors' full-resolution branch.
 
-    ``full_resolution`` (the authors' ``conv_original_size0/1``: two 3x3 conv+ReLU, 3->64->64)
-    keeps full-resolution detail for the last skip; None when built without it (an encoder
-    whose skips nothing consumes). ``trunk`` is a torchvision-named ResNet-18
-    (see :mod:`.resnet`).
+    ``full_resolution`` (the authors' ``conv_original_size0/1``: two 3x3 conv+ReLU,
+    3->w->w, w = ``width``, 64 theirs) keeps full-resolution detail for the last skip; None
+    when built without it (an encoder whose skips nothing consumes). ``trunk`` is a
+    torchvision-named ResNet-18 of base width w (see :mod:`.resnet`).
     """
 
-    skip_channels = (64, *ResNet18Trunk.channels[:4])
-    latent_channels = ResNet18Trunk.channels[4]
-
-    def __init__(self, in_channels: int = 3, full_resolution: bool = True) -> None:
+    def __init__(self, in_channels: int = 3, full_resolution: bool = True,
+                 width: int = IMAGENET_WIDTH) -> None:
         super().__init__()
-        self.full_resolution = (nn.Sequential(conv_relu(in_channels, 64, 3),
-                                              conv_relu(64, 64, 3))
+        self.full_resolution = (nn.Sequential(conv_relu(in_channels, width, 3),
+                                              conv_relu(width, width, 3))
                                 if full_resolution else None)
-        self.trunk = ResNet18Trunk(in_channels)
+        self.trunk = ResNet18Trunk(in_channels, width)
 
     def forward(self, x: torch.Tensor, with_skips: bool = True) -> EncoderFeatures:
         """``(B, C, H, W)`` -> :class:`EncoderFeatures`. Without skips the

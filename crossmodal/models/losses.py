@@ -18,13 +18,13 @@ Batch pooling, rather than the mean over images of each image's own mean, is a c
 It equals the mean of the per-image losses weighted by each image's mask area.
 
 Pixels whose target is unusable are left out (weight 0): a non-finite target for both
-losses, and also a zero-length target normal (shorter than :data:`EPS`) for eq. 1, which
-has no direction to compare with. When no pixel is left (an all-empty mask), the loss is
-an exact 0 that is still connected to ``pred`` in the autograd graph, so ``backward()``
-works and gives zero gradients instead of NaN. Predictions outside the used pixels never
-reach the arithmetic (they are replaced by 0 first, so a NaN there cannot leak into the
-loss or the gradients); a non-finite prediction *inside* the mask makes the loss NaN on
-purpose, so a diverging network is not hidden.
+losses, and also a zero-length target normal (shorter than :data:`crossmodal.vectors.EPS`)
+for eq. 1, which has no direction to compare with. When no pixel is left (an all-empty
+mask), the loss is an exact 0 that is still connected to ``pred`` in the autograd graph, so
+``backward()`` works and gives zero gradients instead of NaN. Predictions outside the used
+pixels never reach the arithmetic (they are replaced by 0 first, so a NaN there cannot leak
+into the loss or the gradients); a non-finite prediction *inside* the mask makes the loss
+NaN on purpose, so a diverging network is not hidden.
 
 The arithmetic runs in float32 at least (float64 when an input is float64): half
 precision (AMP) is too coarse for ``1 - cos`` of small angles. No Python loop touches
@@ -36,11 +36,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..vectors import unit_vectors
 
-__all__ = ["EPS", "image_loss", "normal_loss"]
-
-#: Normal vectors shorter than this have no direction (as :data:`crossmodal.metrics.EPS`).
-EPS = 1e-6
+__all__ = ["LOSS_TERMS", "image_loss", "normal_loss"]
 
 
 def normal_loss(
@@ -62,13 +60,12 @@ def normal_loss(
         when no pixel is usable.
     """
     pred, target, weight = _prepare(pred, target, mask, "normal_loss", channels=3)
-    t_finite = torch.isfinite(target).all(dim=1, keepdim=True)
-    target = torch.where(t_finite, target, 0.0)
-    t_unit, t_norm = _unit(target)
-    weight = weight * (t_finite & (t_norm > EPS)).squeeze(1).to(weight.dtype)
+    t_unit, t_valid = unit_vectors(target)
+    weight = weight * t_valid.squeeze(1).to(weight.dtype)
     used = (weight > 0).unsqueeze(1)
-    p_unit, _ = _unit(torch.where(used, pred, 0.0))
-    cos = (p_unit * t_unit).sum(dim=1)
+    # t_unit is NaN where the target is not finite; those pixels are unused and zeroed.
+    p_unit, _ = unit_vectors(torch.where(used, pred, 0.0))
+    cos = (p_unit * torch.where(used, t_unit, 0.0)).sum(dim=1)
     return _weighted_mean(1.0 - cos, weight)
 
 
@@ -140,23 +137,18 @@ def _prepare(
     return pred, target, mask.detach().to(device=pred.device, dtype=dtype)
 
 
-def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, 3, H, W)`` -> (unit vectors, ``(B, 1, H, W)`` lengths), overflow-safe.
-
-    Vectors are first divided by their largest component when it exceeds 1 (a detached
-    scale: cosines do not depend on length, so the gradient is still exact), which keeps
-    the squares finite for any finite input; lengths below :data:`EPS` are clamped, so a
-    zero vector gives a zero "unit" vector and finite gradients.
-    """
-    scale = v.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    v = v / scale
-    norm = v.square().sum(dim=1, keepdim=True).clamp_min(EPS * EPS).sqrt()
-    return v / norm, norm * scale
-
-
 def _weighted_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``sum(w * value) / sum(w)``; 0 (still in ``value``'s graph) when ``sum(w) == 0``."""
     total = weight.sum()
     # With no weight the numerator is an exact 0 (value is finite where weight is 0),
     # and any positive denominator keeps it 0 with zero gradients.
     return (weight * value).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
+#: The loss terms of the training schedule (§3.3), by name: the model output each scores
+#: and its function ``(pred, target, mask) -> scalar``; the target is the batch entry of
+#: the same name as the output.
+LOSS_TERMS = {
+    "normal": ("normals", normal_loss),  # eq. 1, masked cosine
+    "image": ("image", image_loss),      # eq. 2, masked L2
+}

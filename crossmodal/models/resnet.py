@@ -14,8 +14,19 @@ import torch
 from torch import nn
 
 from ..errors import CrossmodalError
+from ..fileutil import load_torch_file
 
-__all__ = ["BasicBlock", "ResNet18Trunk", "load_imagenet_weights"]
+__all__ = ["IMAGENET_WIDTH", "BasicBlock", "ResNet18Trunk", "load_imagenet_weights",
+           "trunk_channels"]
+
+#: The base width of torchvision's (and the authors') ResNet-18.
+IMAGENET_WIDTH = 64
+
+
+def trunk_channels(width: int = IMAGENET_WIDTH) -> tuple[int, ...]:
+    """Channels of the five stages a trunk of base ``width`` returns: ``(w, w, 2w, 4w, 8w)``,
+    i.e. (64, 64, 128, 256, 512) for ResNet-18."""
+    return (width, width, 2 * width, 4 * width, 8 * width)
 
 
 class BasicBlock(nn.Module):
@@ -44,23 +55,25 @@ class BasicBlock(nn.Module):
 class ResNet18Trunk(nn.Module):
     """ResNet-18 without its classifier, returning every stage's features.
 
-    ``forward((B, C, H, W))`` returns five tensors: stem (conv1+bn1+relu) ``(B, 64, H/2,
-    W/2)``, then maxpool+layer1 ``(B, 64, H/4, W/4)``, layer2 ``(B, 128, H/8, W/8)``, layer3
-    ``(B, 256, H/16, W/16)`` and layer4 ``(B, 512, H/32, W/32)``.
+    ``forward((B, C, H, W))`` returns five tensors, with w = ``width`` (64 in ResNet-18):
+    stem (conv1+bn1+relu) ``(B, w, H/2, W/2)``, then maxpool+layer1 ``(B, w, H/4, W/4)``,
+    layer2 ``(B, 2w, H/8, W/8)``, layer3 ``(B, 4w, H/16, W/16)`` and layer4
+    ``(B, 8w, H/32, W/32)``; see :func:`trunk_channels`. Other widths keep the depth and
+    the parameter names, for tests and smoke runs.
     """
 
-    channels = (64, 64, 128, 256, 512)
-
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, width: int = IMAGENET_WIDTH) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.width = width
+        stem, c1, c2, c3, c4 = trunk_channels(width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
-        self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
-        self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
-        self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
+        self.layer1 = nn.Sequential(BasicBlock(stem, c1), BasicBlock(c1, c1))
+        self.layer2 = nn.Sequential(BasicBlock(c1, c2, 2), BasicBlock(c2, c2))
+        self.layer3 = nn.Sequential(BasicBlock(c2, c3, 2), BasicBlock(c3, c3))
+        self.layer4 = nn.Sequential(BasicBlock(c3, c4, 2), BasicBlock(c4, c4))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stem = self.relu(self.bn1(self.conv1(x)))
@@ -74,17 +87,18 @@ def load_imagenet_weights(trunk: ResNet18Trunk, path: str | Path) -> None:
     """Initialise ``trunk`` from a torchvision ``resnet18`` state dict saved at ``path``.
 
     The classifier (``fc.*``) is ignored; any other missing or mismatched tensor is an
-    error naming it, so a wrong file never half-loads.
+    error naming it, so a wrong file never half-loads. Only a trunk of ResNet-18's width
+    (64) can take ImageNet weights.
     """
     path = Path(path)
-    if not path.is_file():
+    if trunk.width != IMAGENET_WIDTH:
         raise CrossmodalError(
-            f"ImageNet weights {path} not found; place torchvision's resnet18 state dict "
-            f"(resnet18-f37072fd.pth) there, or set the init to none")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle, zip or truncation error: all mean a bad file
-        raise CrossmodalError(f"cannot load {path} as a state dict ({err})") from None
+            f"ImageNet weights {path} are a width-{IMAGENET_WIDTH} resnet18 and cannot "
+            f"initialise a trunk of width {trunk.width}; set model.trunk_width to "
+            f"{IMAGENET_WIDTH} or leave model.imagenet_weights unset")
+    state = load_torch_file(path, what="ImageNet weights",
+                            fix="place torchvision's resnet18 state dict "
+                            "(resnet18-f37072fd.pth) there, or set the init to none")
     if not isinstance(state, dict):
         raise CrossmodalError(f"{path} holds a {type(state).__name__}, not a state dict; "
                               f"save torchvision's resnet18().state_dict()")

@@ -23,8 +23,8 @@ def conv_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential
                          nn.ReLU(inplace=True))
 
 
-class DeactivableSkip(nn.Module):
-    """Max-fuse an encoder feature into the last ``channels`` decoder channels.
+class _Skip(nn.Module):
+    """An encoder feature of C channels, projected, on its way into a decoder.
 
     Args:
         channels: C, the encoder feature's channels (after projection).
@@ -37,6 +37,11 @@ class DeactivableSkip(nn.Module):
         self.channels = channels
         self.projection = conv_relu(channels, channels, 1) if project else nn.Identity()
 
+
+class DeactivableSkip(_Skip):
+    """Max-fuse an encoder feature into the last ``channels`` decoder channels (arguments:
+    :class:`_Skip`)."""
+
     def forward(self, decoder: torch.Tensor, encoder: torch.Tensor | None) -> torch.Tensor:
         """``decoder`` ``(B, D, H, W)`` with D >= C, ``encoder`` ``(B, C, H, W)`` or None
         (deactivated) -> ``(B, D, H, W)``."""
@@ -47,13 +52,9 @@ class DeactivableSkip(nn.Module):
         return torch.cat([kept, fused], dim=1)
 
 
-class ConcatSkip(nn.Module):
-    """Standard skip: append the (1x1-projected) encoder feature to the decoder's."""
-
-    def __init__(self, channels: int, project: bool = True) -> None:
-        super().__init__()
-        self.channels = channels
-        self.projection = conv_relu(channels, channels, 1) if project else nn.Identity()
+class ConcatSkip(_Skip):
+    """Standard skip: append the (1x1-projected) encoder feature to the decoder's
+    (arguments: :class:`_Skip`)."""
 
     def forward(self, decoder: torch.Tensor, encoder: torch.Tensor | None) -> torch.Tensor:
         """``(B, D, H, W)`` + ``(B, C, H, W)`` -> ``(B, D + C, H, W)``."""

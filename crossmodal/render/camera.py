@@ -19,9 +19,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..shapes import Intrinsics
 
-__all__ = ["Camera"]
+__all__ = ["Camera", "Intrinsics"]
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels (OpenCV ``K``: u = fx * X / Z + cx, v = fy * Y / Z + cy
+    with OpenCV's Y down and Z forward)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def centred(cls, size: int, fov_deg: float) -> Intrinsics:
+        """Square image of ``size`` pixels, principal point at the centre."""
+        f = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
+        c = (size - 1) / 2
+        return cls(f, f, c, c)
 
 
 @dataclass(frozen=True)

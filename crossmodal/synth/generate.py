@@ -1,4 +1,4 @@
-"""Write a synthetic dataset in the on-disk format (DESIGN.md §3), in parallel and resumably.
+"""Write a synthetic dataset in the on-disk format (docs/design.md §3), in parallel and resumably.
 
 Workers render (:func:`crossmodal.synth.sampler.render_sample`); the main process writes,
 in plan order, so the folder is byte-identical for a seed whatever the worker count.

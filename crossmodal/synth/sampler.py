@@ -13,7 +13,7 @@ worker renders it, in whatever order.
 Per sample: identity weights N(0, 1) for all modes; a sparse expression (a few
 blendshapes); a rotation about a random axis by an angle in [-45°, 45°]; one or two
 directional lights with positive z and intensities in [0, 2]; a camera distance and
-focal jitter; then the crop protocol of DESIGN.md §4 applied with the projected
+focal jitter; then the crop protocol of docs/design.md §4 applied with the projected
 landmarks, realised by rendering straight into the crop (the crop is a similarity, so it
 folds into the intrinsics: no resampling of the rendered maps).
 """
@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..crop import crop_from_landmarks, landmark_mask
+from ..data.format import KINDS
 from ..geometry import Light
-from ..render import Camera, render
-from ..shapes import Intrinsics
+from ..render import Camera, Intrinsics, render
 from .appearance import background, sample_look, vertex_colors
 from .face_model import FaceModel
 
 __all__ = ["PlannedSample", "SynthConfig", "SynthSample", "plan_dataset", "render_sample"]
-
-KINDS = ("paired", "image", "normal")
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ def plan_dataset(count: int, config: SynthConfig) -> list[PlannedSample]:
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     kind_counts = _allocate(n_train, list(config.kind_weights))
     # Interleave kinds over train subjects so every prefix of the dataset has all of them.
-    order = np.argsort(np.concatenate([(np.arange(c) + 0.5) / c for c in kind_counts if c]),
+    order = np.argsort(np.concatenate([(np.arange(c) + 0.5) / c for c in kind_counts]),
                        kind="stable")
     kinds_sorted = [k for k, c in zip(KINDS, kind_counts) for _ in range(c)]
     train_kinds = [kinds_sorted[j] for j in order]

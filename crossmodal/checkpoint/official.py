@@ -1,6 +1,6 @@
 """The authors' released weights (``model.pth`` of their ``ResNetUNet``) -> our model.
 
-Their network is the graph of DESIGN.md §7, which ``CrossModalNet(ModelConfig())`` (variant
+Their network is the graph of docs/design.md §7, which ``CrossModalNet(ModelConfig())`` (variant
 'full') reproduces module for module, so conversion is a renaming:
 
 ==================================  ================================================
@@ -38,9 +38,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import build_model, save_checkpoint
 from ..errors import CrossmodalError
-from .net import CrossModalNet, ModelConfig
+from ..fileutil import load_torch_file
+from ..models import CrossModalNet, ModelConfig
+from .format import build_model, save_checkpoint
 
 __all__ = ["ALIASES", "IGNORED_PREFIXES", "OFFICIAL_TO_OURS", "TARGET_SHAPES", "ConversionReport",
            "convert_official_state_dict", "import_official"]
@@ -79,7 +80,7 @@ def _official_name(ours: str, prefixes: dict[str, str]) -> str:
     matches = [p for p in prefixes if ours.startswith(p)]
     if len(matches) != 1:
         raise RuntimeError(f"no unique official name for {ours!r} (prefixes {matches}): the "
-                           f"model changed without crossmodal.models.official following")
+                           f"model changed without crossmodal.checkpoint.official following")
     return prefixes[matches[0]] + ours[len(matches[0]):]
 
 
@@ -194,15 +195,9 @@ def convert_official_state_dict(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Their file as a flat state dict: unwraps ``{'state_dict': ...}`` and drops the
     ``module.`` prefix of a ``DataParallel`` save."""
-    if not path.is_file():
-        raise CrossmodalError(f"{path} not found; download the authors' model.pth (linked "
-                              f"from github.com/boukhayma/face_normals) and pass its path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip, EOF errors alike: the file is not usable
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CrossmodalError(f"cannot read {path} as a PyTorch state dict (truncated or "
-                              f"not a .pth file?): {reason}") from None
+    state = load_torch_file(path, what="the authors' weights",
+                            fix="download the authors' model.pth (linked from "
+                            "github.com/boukhayma/face_normals) and pass its path")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
@@ -215,10 +210,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def import_official(model_path: str | Path, out_path: str | Path) -> ConversionReport:
     """Convert the authors' ``model.pth`` at ``model_path`` into our checkpoint at
-    ``out_path`` (DESIGN.md §8), loadable with :func:`crossmodal.checkpoint.build_model`.
+    ``out_path`` (docs/design.md §8), loadable with :func:`crossmodal.checkpoint.build_model`.
 
-    The checkpoint's config is the default model plus a ``source`` section naming the file
-    and the unverified 'official' output convention (see the module docstring).
+    The checkpoint's config is the default model, the resolution it was trained at
+    (``data.image_size`` 256) and a ``source`` section naming the file and the unverified
+    'official' output convention (see the module docstring).
     """
     model_path = Path(model_path)
     state = _read_state_dict(model_path)
@@ -226,7 +222,8 @@ def import_official(model_path: str | Path, out_path: str | Path) -> ConversionR
         converted, report = convert_official_state_dict(state)
     except CrossmodalError as err:
         raise CrossmodalError(f"{model_path}: {err}") from None
-    config = {"model": ModelConfig().to_dict(),
+    # The authors trained on 256 x 256 crops (§4.1): the inference path runs it there.
+    config = {"model": ModelConfig().to_dict(), "data": {"image_size": 256},
               "source": {"official_model": str(model_path), "output_convention": "official"}}
     # Loading strictly through the same path inference uses proves the checkpoint works.
     model = build_model({"config": config, "model": converted})

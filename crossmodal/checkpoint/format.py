@@ -1,4 +1,5 @@
-"""Checkpoints (DESIGN.md §8): one plain dict, safe to load, enough to rebuild the model.
+"""The checkpoint format (docs/design.md §8): one plain dict, safe to load, enough to rebuild
+the model.
 
 A checkpoint is ``torch.save`` of::
 
@@ -20,16 +21,16 @@ from __future__ import annotations
 import functools
 import numbers
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CrossmodalError
-from .fileutil import atomic_write
-from .models import CrossModalNet, ModelConfig
+from ..errors import CrossmodalError
+from ..fileutil import atomic_write, load_torch_file
+from ..models import CrossModalNet, ModelConfig
+from ..provenance import git_state
 
 __all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "load_checkpoint",
            "save_checkpoint", "unwrap_model"]
@@ -55,16 +56,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 @functools.cache
-def _git_commit() -> str | None:
+def _code_commit() -> str | None:
     """HEAD of the repository holding this package, or None (installed from a wheel, no
     git). Cached: the code that runs is the code imported at start, whatever HEAD does."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
+    return git_state(work_tree=False).commit
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -123,7 +118,7 @@ def save_checkpoint(
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "step": int(step),
         "metrics": _plain(metrics or {}, "metrics"),
-        "git_commit": _git_commit(),
+        "git_commit": _code_commit(),
     }
     clash = sorted(set(extra or {}) & set(checkpoint))
     if clash:
@@ -132,22 +127,15 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read (tensors on the CPU) and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
         CrossmodalError: naming the file, when it is missing, unreadable (truncated, not
             a torch file), not a crossmodal checkpoint, or from a newer format.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CrossmodalError(f"checkpoint {path} not found; {_HOW_TO_GET_ONE}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle, zip and EOF errors alike: the file is not usable
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CrossmodalError(f"cannot read checkpoint {path} (truncated, or not a torch "
-                              f"file?): {reason}; {_HOW_TO_GET_ONE}") from None
+    checkpoint = load_torch_file(path, what="checkpoint", fix=_HOW_TO_GET_ONE)
     missing = ([k for k in REQUIRED_KEYS if k not in checkpoint]
                if isinstance(checkpoint, dict) else list(REQUIRED_KEYS))
     if missing:

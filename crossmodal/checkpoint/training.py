@@ -1,0 +1,84 @@
+"""The training state in a checkpoint: what ``last.pt`` carries so a run resumes exactly.
+
+A checkpoint of the format (docs/design.md §8) plus, beside the model and the optimizer:
+``"rng"`` (torch's CPU generator, and the CUDA one of the training device), ``"scaler"``
+(the fp16 GradScaler) and ``"world_size"`` (the processes that wrote it). With the data of
+step s a function of (seed, s) (:mod:`crossmodal.engine.schedule`), restoring these gives
+exactly the run an uninterrupted one would have been.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CrossmodalError
+from .format import save_checkpoint
+
+__all__ = ["TrainingState", "load_weights", "restore_training_state", "save_training_state"]
+
+log = logging.getLogger(__name__)
+
+#: ``{"step": int, "metrics": {"val": {...}, "best": {"val/mean", "step"} | None}}``.
+TrainingState = dict[str, Any]
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
+                 variant: str) -> None:
+    """Load ``state`` into ``net`` strictly; a mismatch names ``source`` and the variant."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CrossmodalError(
+            f"the weights in {source} do not fit the {variant!r} model of this config: "
+            f"{' '.join(str(err).split())[:300]}") from None
+
+
+def save_training_state(path: str | os.PathLike, *, net: nn.Module, config: dict,
+                        optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
+                        step: int, metrics: dict, device: torch.device,
+                        world_size: int) -> Path:
+    """Write a resumable checkpoint (atomically) of the bare network ``net``."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return save_checkpoint(path, model=net, config=config, optimizer=optimizer, step=step,
+                           metrics=metrics, extra={"rng": rng, "scaler": scaler.state_dict(),
+                                                   "world_size": world_size})
+
+
+def restore_training_state(checkpoint: dict, source: str | os.PathLike, *, net: nn.Module,
+                           variant: str, optimizer: torch.optim.Optimizer,
+                           optim_settings: dict[str, Any], scaler: torch.amp.GradScaler,
+                           device: torch.device, world_size: int) -> TrainingState:
+    """Put a :func:`save_training_state` checkpoint back: weights, optimizer, GradScaler and
+    RNG state; returns its step and metrics.
+
+    ``optim_settings`` (``betas``, ``weight_decay``) replace the saved ones, so a diverged
+    run can resume with other hyper-parameters (the learning rate is set every step).
+    A checkpoint written by another number of processes resumes with a warning: the
+    global batch, and so the data of each step, differ from the original run.
+    """
+    load_weights(net, checkpoint["model"], source, variant)
+    if checkpoint["optimizer"] is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    for group in optimizer.param_groups:
+        group.update(optim_settings)
+    if scaler.is_enabled() and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    saved_world = checkpoint.get("world_size", world_size)
+    if saved_world != world_size:
+        log.warning("%s was written by %d processes, resuming with %d: the global batch, and "
+                    "so the data of each step, differ from the original run", source,
+                    saved_world, world_size)
+    return {"step": int(checkpoint["step"]), "metrics": checkpoint["metrics"]}
