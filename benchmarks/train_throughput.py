@@ -1,55 +1,59 @@
-"""Training throughput of the full model: images/s per iteration type, FLOPs and % of peak.
+"""Training throughput of the full model: images/s per step type, FLOPs and % of peak.
 
-For every resolution in ``--sizes`` and every iteration type of the paper's schedule
-(§3.3), this times full training iterations of ``CrossModalNet(ModelConfig())`` (the
-authors' graph, 35.3M parameters) with Adam(lr=1e-4):
+For every resolution in ``--sizes`` and every data type of the paper's schedule (§3.3),
+this times the trainer's own step, :meth:`crossmodal.engine.trainer.Trainer.run_iterations`:
+the iterations the experiment's ``schedule`` gives that data type, each a ``zero_grad``,
+forward, weighted losses, ``backward`` and fused Adam step (lr 1e-4), with the finite-loss
+guard's snapshot before a multi-iteration step, exactly as training runs them. The model is
+``CrossModalNet(ModelConfig())`` (the authors' graph, 35.3M parameters); with the default
+schedule:
 
-=========================  =====================  =================================
-iteration type             route                  loss
-=========================  =====================  =================================
-``normal_to_normal``       ``normal_to_normal``   ``normal_loss``
-``image_to_normal+image``  ``image_to_normal``    ``normal_loss + image_loss``
-``image_to_image``         ``image_to_image``     ``image_loss``
-=========================  =====================  =================================
+==========  ============================================  ===============================
+step type   iterations (routes)                           losses
+==========  ============================================  ===============================
+``paired``  ``normal_to_normal``, then ``image_to_normal``  normal; then normal + image
+``image``   ``image_to_image``                            image
+``normal``  ``normal_to_normal``                          normal
+==========  ============================================  ===============================
 
-One iteration is ``zero_grad``, forward, loss, ``backward``, ``optimizer.step()`` on
-random inputs (images uniform in [0, 1], unit normals facing the camera, full masks).
-Each variant (memory format x dtype) gets a fresh model and optimizer, ``--warmup``
-untimed iterations, then ``--iters`` timed ones (synchronised on CUDA); the table reports
-the median.
+``--schedule KEY=VALUE`` times another schedule (e.g. ``schedule.paired=[image_to_normal]``).
+Inputs are random (images uniform in [0, 1], unit normals facing the camera, full masks);
+the trainer is built on a few synthetic faces rendered into a temporary folder, which only
+its set-up reads. Each variant (memory format x dtype) gets a fresh trainer, ``--warmup``
+untimed steps, then ``--iters`` timed ones (synchronised on CUDA); the table reports the
+median.
 
 FLOPs are counted exactly with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions
 and matrix products, forward and backward; the optimizer step, normalisations and
-element-wise ops are not counted) in one pass per (size, iteration type) on the ``meta``
-device, so counting costs no compute and is kept out of the timings: the count depends
-only on shapes, not on the memory format or dtype. Achieved GFLOP/s = FLOPs of one
-iteration / median seconds per iteration, compared with dense matmul peaks measured in
+element-wise ops are not counted) over one step of one image in fp32, outside the timings;
+the count depends only on shapes, not on the memory format or dtype. Achieved GFLOP/s =
+FLOPs of one step / median seconds per step, compared with dense matmul peaks measured in
 the same run, before and after the benchmark (the better of the two is used): on CPU,
 with the same thread count, a 4096³ fp32 ``torch.matmul`` (MKL) and the same product as
 a channels_last 1x1 convolution (oneDNN, which runs the model's convolutions and is ~2x
 faster than MKL's sgemm on AMD CPUs); on CUDA 8192³ in fp32, TF32, bf16 and fp16.
 
-The table also gives the fastest timed iteration and, for each row, the CPU other
-processes took meanwhile (cores, from /proc/stat minus this process's CPU time): on a
-shared 2-core machine one busy neighbour slows this benchmark several times over, and the
-load average cannot show it because it counts the benchmark's own threads.
+The table also gives the fastest timed step and, for each row, the CPU other processes
+took meanwhile (cores, from /proc/stat minus this process's CPU time): on a shared 2-core
+machine one busy neighbour slows this benchmark several times over, and the load average
+cannot show it because it counts the benchmark's own threads.
 
-Variants: contiguous vs ``channels_last`` (``--memory-format``) and, on CUDA, fp32 vs
-bf16 autocast (``--dtype``). On CUDA, fp32 convolutions run in TF32 when
+Variants: contiguous vs ``channels_last`` (``--memory-format``, the trainer's
+``train.channels_last``) and, on CUDA, fp32 vs bf16 autocast (``--dtype``, the trainer's
+``train.amp``). On CUDA, fp32 convolutions run in TF32 when
 ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default), so fp32 rows are then
 compared with the TF32 peak; ``--tf32 on|off`` sets both matmul and cuDNN flags.
 
-Defaults keep the CPU run well under 10 minutes on 2 cores (about 4 minutes when the
-machine is otherwise idle): batch 8 at 128 px and batch 4 at 256 px (``--batch-size``
-overrides both), 2 warm-up and 5 timed iterations; on CUDA batch 32 and 20 timed
-iterations.
+Defaults keep the CPU run well under 10 minutes on 2 cores when the machine is otherwise
+idle: batch 8 at 128 px and batch 4 at 256 px (``--batch-size`` overrides both), 2 warm-up
+and 5 timed steps; on CUDA batch 32 and 20 timed steps.
 
 Usage::
 
     python benchmarks/train_throughput.py [--sizes 128 256] [--batch-size N]
         [--warmup 2] [--iters 5] [--memory-format contiguous channels_last]
         [--dtype fp32 bf16] [--threads N] [--device cpu|cuda] [--tf32 default|on|off]
-        [--types ...] [--out FILE.json]
+        [--types paired image normal] [--schedule KEY=VALUE ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -57,32 +61,63 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
-from crossmodal.models import CrossModalNet, ModelConfig, image_loss, normal_loss
+from crossmodal.config import (
+    DataConfig, ExperimentConfig, TrainConfig, config_to_dict, load_config)
+from crossmodal.data.format import KINDS
+from crossmodal.engine.trainer import Trainer
+from crossmodal.models import CrossModalNet, ModelConfig
+from crossmodal.synth.generate import generate
+from crossmodal.synth.sampler import SynthConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-ITERATION_TYPES = {  # name -> (route, losses)
-    "normal_to_normal": ("normal_to_normal", ("normal",)),
-    "image_to_normal+image": ("image_to_normal", ("normal", "image")),
-    "image_to_image": ("image_to_image", ("image",)),
-}
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+#: --dtype -> train.amp
+DTYPES = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
-# --------------------------------------------------------------------------- inputs
+# --------------------------------------------------------------------------- the trainer
 
 
-def make_batch(batch: int, size: int, device: torch.device, memory_format,
+def make_data(root: Path) -> Path:
+    """A few synthetic faces with train rows of every data type (only the trainer's
+    set-up reads them)."""
+    generate(root / "synth", 12, seed=0, progress=False,
+             config=SynthConfig(size=64, samples_per_subject=1))
+    return root
+
+
+def build_trainer(data_root: Path, run_dir: Path, *, size: int, batch_size: int,
+                  memory_format: str, dtype_name: str, device: torch.device,
+                  overrides: list[str]) -> Trainer:
+    """A trainer of the default model as an experiment file would build it, with
+    ``overrides`` (``key=value``, e.g. a schedule) merged last."""
+    config = ExperimentConfig(
+        name="train_throughput", run_dir=str(run_dir), model=ModelConfig(),
+        data=DataConfig(root=str(data_root), paired=["synth"], image=["synth"],
+                        normal=["synth"], image_size=size, batch_size=batch_size,
+                        num_workers=0),
+        train=TrainConfig(max_steps=1, device=str(device), amp=DTYPES[dtype_name],
+                          channels_last=memory_format == "channels_last"))
+    path = run_dir.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(config)))
+    return Trainer(load_config(path, overrides))
+
+
+def make_batch(batch: int, size: int, device: torch.device,
                generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random images in [0, 1], unit normals with z >= 0, full masks."""
     image = torch.rand(batch, 3, size, size, generator=generator)
@@ -90,70 +125,45 @@ def make_batch(batch: int, size: int, device: torch.device, memory_format,
     normals[:, 2].abs_()
     normals = torch.nn.functional.normalize(normals, dim=1)
     mask = torch.ones(batch, size, size, dtype=torch.bool)
-    return {"image": image.to(device).contiguous(memory_format=memory_format),
-            "normals": normals.to(device).contiguous(memory_format=memory_format),
-            "mask": mask.to(device)}
-
-
-def iteration_loss(model: torch.nn.Module, kind: str, batch: dict[str, torch.Tensor],
-                   autocast_dtype: torch.dtype | None, device_type: str) -> torch.Tensor:
-    """Forward and loss of one iteration type (the losses compute in fp32 themselves)."""
-    route, losses = ITERATION_TYPES[kind]
-    x = batch["normals"] if route == "normal_to_normal" else batch["image"]
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
-        out = model(x, route)
-    loss = 0.0
-    if "normal" in losses:
-        loss = loss + normal_loss(out["normals"], batch["normals"], batch["mask"])
-    if "image" in losses:
-        loss = loss + image_loss(out["image"], batch["image"], batch["mask"])
-    return loss
+    return {"image": image.to(device), "normals": normals.to(device), "mask": mask.to(device)}
 
 
 # --------------------------------------------------------------------------- FLOPs
 
 
-def count_flops(kind: str, batch: int, size: int) -> dict[str, float]:
-    """Exact FLOPs of one training iteration (forward + backward) and of the forward
-    alone, counted on the meta device (shapes only, no compute)."""
+def count_flops(trainer: Trainer, kind: str, size: int) -> dict[str, float]:
+    """Exact FLOPs per image of one step of ``kind`` (forward + backward of every
+    iteration) and of its forwards alone, counted on one image in fp32."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.device("meta"):
-        model = CrossModalNet(ModelConfig()).train()
-    data = {"image": torch.empty(batch, 3, size, size, device="meta"),
-            "normals": torch.empty(batch, 3, size, size, device="meta"),
-            "mask": torch.empty(batch, size, size, dtype=torch.bool, device="meta")}
+    batch = make_batch(1, size, trainer.device, torch.Generator().manual_seed(2))
     counter = FlopCounterMode(display=False)
-    with counter:
-        loss = iteration_loss(model, kind, data, None, "cpu")
+    with counter, torch.no_grad():
+        for iteration in trainer.plan[kind]:
+            trainer.net(batch[iteration.input], iteration.route, iteration.outputs)
     forward = counter.get_total_flops()
     with counter:
-        loss = iteration_loss(model, kind, data, None, "cpu")
-        loss.backward()
+        trainer.run_iterations(kind, batch)
     return {"train_flops": float(counter.get_total_flops()), "forward_flops": float(forward)}
 
 
 def image_to_normal_path_gmac(size: int) -> dict[str, float]:
-    """Forward GMAC per image of the inference path, E_I + D_N with skips (no D_I), and
-    of E_N with its full-resolution branch, which the authors' released forward also
-    computes on every input (docs/design.md §7: "computed but unused"); the two together are
-    docs/design.md §9's ~33 GMAC at 256²."""
+    """Forward GMAC per image of the inference path (E_I + D_N with skips, no D_I:
+    :class:`crossmodal.inference.NormalPredictor`) and of the training pass of the same
+    route, which also decodes the image (D_I), as the authors' released forward does."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         model = CrossModalNet(ModelConfig()).eval()
-    model.image_decoder = None  # the inference path does not decode the image
     x = torch.empty(1, 3, size, size, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x, "image_to_normal")
-    path = counter.get_total_flops() / 2e9
-    with counter, torch.no_grad():
-        model.normal_encoder(x, with_skips=True)
-    normal_encoder = counter.get_total_flops() / 2e9
-    return {"inference_path": path, "normal_encoder": normal_encoder,
-            "authors_forward": path + normal_encoder}
+    gmac = {}
+    for name, outputs in (("inference_path", ("normals",)),
+                          ("training_image_pass", ("normals", "image"))):
+        with counter, torch.no_grad():
+            model(x, "image_to_normal", outputs)
+        gmac[name] = counter.get_total_flops() / 2e9
+    return gmac
 
 
 # --------------------------------------------------------------------------- peak
@@ -252,17 +262,12 @@ def cpu_counters() -> tuple[float, float] | None:
             own.user + own.system)
 
 
-def time_variant(kind: str, size: int, batch_size: int, memory_format: str, dtype_name: str,
-                 device: torch.device, warmup: int,
+def time_variant(trainer: Trainer, kind: str, size: int, batch_size: int, warmup: int,
                  iters: int) -> tuple[list[float], float | None]:
-    """Seconds of each timed training iteration of a fresh model and optimizer, and the
-    CPU cores other processes used meanwhile on average (None if unknown)."""
-    torch.manual_seed(0)
-    fmt = MEMORY_FORMATS[memory_format]
-    model = CrossModalNet(ModelConfig()).to(device).train()
-    model = model.to(memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    batch = make_batch(batch_size, size, device, fmt, torch.Generator().manual_seed(1))
+    """Seconds of each timed step of ``kind`` by a fresh ``trainer``, and the CPU cores
+    other processes used meanwhile on average (None if unknown)."""
+    device = trainer.device
+    batch = make_batch(batch_size, size, device, torch.Generator().manual_seed(1))
     times = []
     counters = None
     for i in range(warmup + iters):
@@ -270,10 +275,7 @@ def time_variant(kind: str, size: int, batch_size: int, memory_format: str, dtyp
             counters, wall = cpu_counters(), time.perf_counter()
         sync(device)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = iteration_loss(model, kind, batch, DTYPES[dtype_name], device.type)
-        loss.backward()
-        optimizer.step()
+        losses = trainer.run_iterations(kind, batch)
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -282,12 +284,10 @@ def time_variant(kind: str, size: int, batch_size: int, memory_format: str, dtyp
     if counters and end:
         other_cores = max(0.0, (end[0] - counters[0]) - (end[1] - counters[1])) / (
             time.perf_counter() - wall)
-    if not torch.isfinite(loss.detach()).item():
-        raise RuntimeError(f"{kind} at {size}px gave a non-finite loss")
-    del model, optimizer, batch
+    del batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return times, other_cores
+    return times, other_cores, losses
 
 
 # --------------------------------------------------------------------------- report
@@ -320,18 +320,19 @@ def _cores(value: float | None) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| size | batch | iteration type | memory format | dtype | ms/iter | images/s | "
-            "fwd GMAC/img | train GFLOP/img | GFLOP/s | % of peak | best ms/iter | "
+    head = ("| size | batch | step type (routes) | memory format | dtype | ms/step | images/s | "
+            "fwd GMAC/img | train GFLOP/img | GFLOP/s | % of peak | best ms/step | "
             "others' CPU |")
     lines = [head, "|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['batch_size']} | {r['iteration_type']} | "
-            f"{r['memory_format']} | {r['dtype']} | {r['ms_per_iter']:.0f} | "
+            f"| {r['size']} | {r['batch_size']} | {r['step_type']} "
+            f"({', '.join(r['routes'])}) | "
+            f"{r['memory_format']} | {r['dtype']} | {r['ms_per_step']:.0f} | "
             f"{r['images_per_s']:.2f} | {r['forward_gmac_per_image']:.1f} | "
             f"{r['train_gflop_per_image']:.1f} | {r['achieved_gflops']:.0f} | "
             + ", ".join(f"{100 * v:.0f}% {k}" for k, v in r["ratio_to_peak"].items())
-            + f" | {r['ms_per_iter_min']:.0f} | {_cores(r['other_processes_cores'])} |")
+            + f" | {r['ms_per_step_min']:.0f} | {_cores(r['other_processes_cores'])} |")
     return "\n".join(lines)
 
 
@@ -340,8 +341,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--types", nargs="+", choices=list(ITERATION_TYPES),
-                        default=list(ITERATION_TYPES))
+    parser.add_argument("--types", nargs="+", choices=list(KINDS), default=list(KINDS),
+                        help="data types whose step to time (default: all)")
+    parser.add_argument("--schedule", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the trainer, e.g. "
+                        "schedule.paired=[image_to_normal]")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: CUDA 32; CPU 8 up to 128 px, 4 above")
     parser.add_argument("--warmup", type=int, default=2)
@@ -392,39 +396,58 @@ def main() -> None:
     path_gmac = {s: image_to_normal_path_gmac(s) for s in args.sizes}
     for s, g in path_gmac.items():
         print(f"# forward GMAC/image at {s}px: image->normal inference path (E_I + D_N, "
-              f"no D_I) {g['inference_path']:.2f}; + E_N, which the authors' graph also "
-              f"runs, {g['normal_encoder']:.2f} = {g['authors_forward']:.2f}", flush=True)
+              f"no D_I) {g['inference_path']:.2f}; the training pass of that route, which "
+              f"also decodes the image (D_I), {g['training_image_pass']:.2f}", flush=True)
+
+    logging.basicConfig(level=logging.WARNING)
+    workdir = tempfile.TemporaryDirectory(prefix="train_throughput_")
+    data_root = make_data(Path(workdir.name))
+
+    def trainer_for(size: int, batch_size: int, memory_format: str, dtype_name: str) -> Trainer:
+        run = Path(workdir.name) / f"run_{size}_{memory_format}_{dtype_name}"
+        return build_trainer(data_root, run, size=size, batch_size=batch_size,
+                             memory_format=memory_format, dtype_name=dtype_name, device=device,
+                             overrides=args.schedule)
 
     rows = []
     for size in args.sizes:
         batch_size = batch_for(size)
-        for kind in args.types:
-            flops = count_flops(kind, batch_size, size)
+        counting = trainer_for(size, 1, "contiguous", "fp32")
+        kinds = [k for k in args.types if counting.plan[k]]
+        flops = {k: count_flops(counting, k, size) for k in kinds}
+        routes = {k: [it.route for it in counting.plan[k]] for k in kinds}
+        del counting
+        for kind in kinds:
             for memory_format in args.memory_format:
                 for dtype_name in dtypes:
-                    times, other_cores = time_variant(kind, size, batch_size, memory_format,
-                                                      dtype_name, device, args.warmup, iters)
+                    trainer = trainer_for(size, batch_size, memory_format, dtype_name)
+                    times, other_cores, losses = time_variant(trainer, kind, size, batch_size,
+                                                              args.warmup, iters)
+                    del trainer
+                    if not all(torch.isfinite(torch.tensor(v["total"])) for v in losses.values()):
+                        raise RuntimeError(f"{kind} at {size}px gave a non-finite loss")
                     median = statistics.median(times)
                     row = {
-                        "size": size, "batch_size": batch_size, "iteration_type": kind,
-                        "route": ITERATION_TYPES[kind][0], "memory_format": memory_format,
+                        "size": size, "batch_size": batch_size, "step_type": kind,
+                        "routes": routes[kind], "memory_format": memory_format,
                         "dtype": dtype_name if dtype_name == "fp32" else
                         f"{dtype_name} autocast",
                         "times_s": [round(t, 5) for t in times],
-                        "ms_per_iter": 1e3 * median, "ms_per_iter_mean":
-                        1e3 * statistics.fmean(times), "ms_per_iter_min": 1e3 * min(times),
+                        "ms_per_step": 1e3 * median, "ms_per_step_mean":
+                        1e3 * statistics.fmean(times), "ms_per_step_min": 1e3 * min(times),
                         "images_per_s": batch_size / median,
-                        "forward_gmac_per_image": flops["forward_flops"] / 2e9 / batch_size,
-                        "train_gflop_per_image": flops["train_flops"] / 1e9 / batch_size,
-                        "train_flops_per_iter": flops["train_flops"],
-                        "achieved_gflops": flops["train_flops"] / median / 1e9,
+                        "forward_gmac_per_image": flops[kind]["forward_flops"] / 2e9,
+                        "train_gflop_per_image": flops[kind]["train_flops"] / 1e9,
+                        "train_flops_per_step": flops[kind]["train_flops"] * batch_size,
+                        "achieved_gflops":
+                        flops[kind]["train_flops"] * batch_size / median / 1e9,
                         "peaks": peak_keys(device, dtype_name),
                         "load_average_1min": os.getloadavg()[0],
                         "other_processes_cores": other_cores,
                     }
                     rows.append(row)
                     print(f"# {size}px {kind} {memory_format} {row['dtype']}: "
-                          f"{row['ms_per_iter']:.0f} ms/iter, {row['images_per_s']:.2f} img/s, "
+                          f"{row['ms_per_step']:.0f} ms/step, {row['images_per_s']:.2f} img/s, "
                           f"{row['achieved_gflops']:.0f} GFLOP/s, load "
                           f"{row['load_average_1min']:.2f}, other processes "
                           f"{_cores(other_cores)} cores", flush=True)
@@ -449,13 +472,14 @@ def main() -> None:
         "hardware": hw, "load_average_before": load_before, "load_average_after": load_after,
         "seconds": seconds, "model": "CrossModalNet(ModelConfig())",
         "parameters": sum(p.numel() for p in CrossModalNet(ModelConfig()).parameters()),
-        "optimizer": "Adam(lr=1e-4)", "warmup": args.warmup, "iters": iters,
+        "optimizer": "fused Adam(lr=1e-4), the trainer's", "schedule_overrides": args.schedule,
+        "warmup": args.warmup, "iters": iters,
         "matmul_peak_gflops_before": peaks_before, "matmul_peak_gflops_after": peaks_after,
         "matmul_peak_gflops": peaks,
         "image_to_normal_path_forward_gmac_per_image": {str(k): v for k, v in path_gmac.items()},
-        "flop_counting": "torch.utils.flop_counter.FlopCounterMode on the meta device: "
-                         "convolutions and matmuls, forward + backward; optimizer step not "
-                         "counted",
+        "flop_counting": "torch.utils.flop_counter.FlopCounterMode over one step of one "
+                         "image in fp32: convolutions and matmuls, forward + backward; "
+                         "optimizer step not counted",
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from crossmodal.engine.lr_schedule import learning_rate
 from crossmodal.engine.trainer import Trainer, resolve_amp
 from crossmodal.errors import CrossmodalError
 from crossmodal.evaluate import evaluate_checkpoint
-from crossmodal.models import CrossModalNet
 from crossmodal.models.losses import LOSS_TERMS
 
 from conftest import smoke_model

@@ -69,13 +69,13 @@ def run_eval(args: argparse.Namespace) -> int:
     # Imported here so that the CLI starts without torch for the commands not needing it.
     from ..evaluate import evaluate_checkpoint, metrics_json
     from ..fileutil import atomic_write
+    from ..image_size import check_image_size
     from ..io import IMAGE_SUFFIXES, write_image
 
     if args.batch_size < 1 or args.workers < 0:
         raise CrossmodalError("--batch-size must be at least 1 and --workers at least 0")
-    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
-        raise CrossmodalError(f"--image-size must be a positive multiple of 32 (the encoder "
-                              f"downsamples 5 times), got {args.image_size}")
+    if args.image_size is not None:
+        check_image_size(args.image_size, "--image-size", "use")
     # Checked before the (long) evaluation rather than when the picture is written.
     if args.panel is not None:
         if args.panel.suffix.lower() not in IMAGE_SUFFIXES:

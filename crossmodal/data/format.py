@@ -1,4 +1,5 @@
-"""The on-disk dataset format (docs/design.md §3): every producer writes it, every consumer reads it.
+"""The on-disk dataset format (docs/design.md §3): every producer writes it, every consumer
+reads it.
 
 ::
 

@@ -336,11 +336,21 @@ class Trainer:
         if kind != expected:  # the loader and the schedule disagree: a bug, not a user error
             raise RuntimeError(f"step {self.step}: got a {kind} batch, the schedule says "
                                f"{expected}")
-        batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in batch.items()}
         lr = learning_rate(self.config.optim, self.step, self.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        out = self.run_iterations(kind, batch)
+        self.step += 1
+        return out
+
+    def run_iterations(self, kind: str, batch: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """The iterations of data type ``kind`` on ``batch`` (``"image"``, ``"normals"``
+        ``(B, 3, H, W)`` as the type has them, ``"mask"`` ``(B, H, W)``, on any device),
+        each an optimizer step at the current learning rate, with their losses logged: a
+        step without the schedule's bookkeeping (what ``benchmarks/train_throughput.py``
+        times). Returns :meth:`train_step`'s dict."""
+        batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
         iterations = self.plan[kind]
         # Later iterations run on weights the earlier ones updated; keep the state before
         # the step so a non-finite loss there can still save it.
@@ -354,7 +364,6 @@ class Trainer:
             if len(values) > 2:  # several terms: log each too
                 for term in iteration.losses:
                     self.log.add_loss(f"{key}/{term}", values[term])
-        self.step += 1
         return out
 
     def _iteration(self, kind: str, iteration: Iteration, batch: dict[str, Any],
