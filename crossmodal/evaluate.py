@@ -162,6 +162,11 @@ def _evaluate(predictor: NormalPredictor, dataset: FaceNormalsDataset, *, num_wo
         raise CrossmodalError(f"the number of workers must be at least 0, got {num_workers}")
     split = dataset.split
     device = predictor.device
+    if predictor.image_size not in (None, dataset.info.image_size):
+        log.info("%s: the network runs at %d px, the resolution it was trained at; the %d px "
+                 "crops are resized for it and its predictions resized back and scored at "
+                 "%d px", dataset.root, predictor.image_size, dataset.info.image_size,
+                 dataset.info.image_size)
     loader = DataLoader(dataset, batch_size=predictor.batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     batches = tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress)
