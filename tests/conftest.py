@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from crossmodal.config import load_config
 from crossmodal.models import ModelConfig
@@ -24,6 +25,18 @@ def smoke_model(**changes) -> ModelConfig:
     graph at 1/8 of ResNet-18's width, ~0.4M parameters), with ``changes`` applied,
     e.g. ``smoke_model(variant="plain_unet")``; a new config on every call."""
     return replace(_smoke(), **changes)
+
+
+def compact_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with other values but the same names, shapes and aliases: every float
+    tensor a view of one random buffer (as long as the largest), so ``torch.save`` writes
+    the buffer once: ~9 MB for ResNet-sized state dicts instead of 45 to 141 MB."""
+    floats = {id(t): t for t in state.values() if t.is_floating_point()}
+    buffer = torch.randn(max(t.numel() for t in floats.values()) + len(floats),
+                         generator=torch.Generator().manual_seed(3))
+    views = {key: buffer[i:i + t.numel()].view(t.shape)
+             for i, (key, t) in enumerate(floats.items())}
+    return {name: views.get(id(t), t) for name, t in state.items()}
 
 
 @pytest.fixture(scope="session")

@@ -448,7 +448,7 @@ def test_load_missing_or_corrupt(tmp_path):
 
     partial = tmp_path / "partial.npz"
     with np.load(ASSET, allow_pickle=False) as npz:
-        np.savez(partial, **{k: npz[k] for k in npz.files if k != "triangles"})
+        np.savez_compressed(partial, **{k: npz[k] for k in npz.files if k != "triangles"})
     with pytest.raises(CrossmodalError, match="missing arrays triangles"):
         FaceModel.load(partial)
 
@@ -457,7 +457,7 @@ def test_load_missing_or_corrupt(tmp_path):
         arrays = {k: npz[k] for k in npz.files}
     arrays["landmarks68"] = arrays["landmarks68"].copy()
     arrays["landmarks68"][0] = 10**6
-    np.savez(bad_index, **arrays)
+    np.savez_compressed(bad_index, **arrays)
     with pytest.raises(CrossmodalError, match="landmarks68"):
         FaceModel.load(bad_index)
 

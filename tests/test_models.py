@@ -22,7 +22,7 @@ from crossmodal.models.encoder import ResNetEncoder, encoder_channels
 from crossmodal.models.resnet import ResNet18Trunk
 from crossmodal.models.skip import ConcatSkip, DeactivableSkip
 
-from conftest import smoke_model
+from conftest import compact_copy, smoke_model
 
 #: Names and shapes of every tensor in the authors' released ``model.pth``.
 AUTHORS_STATE = Path(__file__).parent / "data" / "official_state_dict.json"
@@ -476,21 +476,26 @@ def test_default_width_keeps_the_authors_tensors(models):
 
 # --------------------------------------------------------------------------- ImageNet init
 
-def imagenet_state(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in ResNet18Trunk().state_dict().items():
-        state[k] = (torch.randn(v.shape, generator=g) if v.is_floating_point()
-                    else torch.tensor(7, dtype=v.dtype))
-    state["fc.weight"] = torch.randn(1000, 512, generator=g)
-    state["fc.bias"] = torch.randn(1000, generator=g)
-    return state
+def imagenet_state():
+    """A torchvision resnet18 state dict of random values, small on disk (compact_copy)."""
+    state = {k: v if v.is_floating_point() else torch.tensor(7, dtype=v.dtype)
+             for k, v in ResNet18Trunk().state_dict().items()}
+    state["fc.weight"] = torch.empty(1000, 512)
+    state["fc.bias"] = torch.empty(1000)
+    return compact_copy(state)
 
 
-def test_imagenet_init_loads_both_trunks(tmp_path):
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory):
+    """A good resnet18 state dict file and its content."""
     state = imagenet_state()
-    path = tmp_path / "resnet18.pth"
+    path = tmp_path_factory.mktemp("imagenet") / "resnet18.pth"
     torch.save(state, path)
+    return path, state
+
+
+def test_imagenet_init_loads_both_trunks(imagenet_file):
+    path, state = imagenet_file
     model = CrossModalNet(ModelConfig(imagenet_weights=str(path)))
     for encoder in (model.image_encoder, model.normal_encoder):
         own = encoder.trunk.state_dict()
@@ -577,9 +582,8 @@ def test_imagenet_init_without_num_batches_tracked(tmp_path):
     assert torch.equal(model.image_encoder.trunk.conv1.weight, state["conv1.weight"])
 
 
-def test_imagenet_init_refuses_a_narrow_trunk(tmp_path):
-    path = tmp_path / "resnet18.pth"
-    torch.save(imagenet_state(), path)  # a good file: the width is what is refused
+def test_imagenet_init_refuses_a_narrow_trunk(imagenet_file):
+    path, _ = imagenet_file  # a good file: the width is what is refused
     with pytest.raises(CrossmodalError, match=re.escape(str(path))) as err:
         CrossModalNet(ModelConfig(trunk_width=32, imagenet_weights=str(path),
                                   image_decoder_widths=(256, 512, 256, 256, 128)))

@@ -16,9 +16,13 @@ import torch.nn.functional as F
 from crossmodal.checkpoint import build_model, load_checkpoint
 from crossmodal.checkpoint.official import (
     _read_state_dict, convert_official_state_dict)
+from crossmodal.checkpoint import official as official_module
 from crossmodal.cli import main
 from crossmodal.errors import CrossmodalError
+from crossmodal.inference import trained_image_size
 from crossmodal.models import CrossModalNet, ModelConfig
+
+from conftest import compact_copy
 
 #: Every tensor name and shape of the authors' released model.pth (tests/data/README.md).
 RELEASED_SHAPES = Path(__file__).parent / "data" / "official_state_dict.json"
@@ -305,6 +309,29 @@ def test_wrappers_and_dataparallel_prefix_are_accepted(tmp_path):
     assert list(state) == ["conv_last.bias"]
 
 
+def test_import_official_records_the_model_and_its_resolution(tmp_path, official,
+                                                              monkeypatch, capsys):
+    """The command's whole path but the final write (the slow end-to-end test below writes
+    the 141 MB checkpoint): the checkpoint it would save."""
+    pth = tmp_path / "model.pth"
+    torch.save(compact_copy(official), pth)
+    assert pth.stat().st_size < 20e6
+    saved = {}
+    monkeypatch.setattr(official_module, "save_checkpoint",
+                        lambda path, **checkpoint: saved.update(checkpoint, path=path))
+    assert main(["import-official", str(pth), "--out", str(tmp_path / "o.pt")]) == 0
+    assert "282 tensors mapped, 120 aliases checked, 2 ignored" in capsys.readouterr().err
+    assert saved["path"] == tmp_path / "o.pt"
+    assert saved["config"] == {"model": ModelConfig().to_dict(), "data": {"image_size": 256},
+                               "source": {"official_model": str(pth),
+                                          "output_convention": "official"}}
+    assert trained_image_size(saved) == 256  # the inference path runs it at 256 px
+    expected, _ = convert_official_state_dict(torch.load(pth, weights_only=True))
+    got = saved["model"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+@pytest.mark.slow
 def test_import_official_cli_end_to_end(tmp_path, official, converted, inputs, capsys):
     pth, ckpt = tmp_path / "model.pth", tmp_path / "out" / "official.pt"
     torch.save(official, pth)
@@ -315,6 +342,7 @@ def test_import_official_cli_end_to_end(tmp_path, official, converted, inputs, c
     assert checkpoint["config"]["source"] == {"official_model": str(pth),
                                               "output_convention": "official"}
     assert checkpoint["config"]["model"] == ModelConfig().to_dict()
+    assert checkpoint["config"]["data"] == {"image_size": 256}
     assert checkpoint["step"] == 0 and checkpoint["metrics"] == {}
     rebuilt = build_model(checkpoint)
     with torch.no_grad():
