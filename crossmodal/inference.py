@@ -87,8 +87,9 @@ class NormalPredictor:
         if not isinstance(checkpoint, Mapping):
             checkpoint = load_checkpoint(checkpoint)
         model = build_model(checkpoint).to(device, memory_format=torch.channels_last)
-        return cls(model, image_size=image_size or trained_image_size(checkpoint),
-                   device=device, batch_size=batch_size)
+        if image_size is None:
+            image_size = trained_image_size(checkpoint)
+        return cls(model, image_size=image_size, device=device, batch_size=batch_size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Predict normals for ``images`` ``(B, 3, H, W)`` float in [0, 1] (any device).

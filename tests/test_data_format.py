@@ -263,7 +263,7 @@ def test_face_normals_dataset_items(dataset):
     for kind, indices in groups.items():
         for i in indices:
             item = data[i]
-            assert item["kind"] == kind and item["index"] == i
+            assert item["kind"] == kind and item["id"] == data.samples[i].id
             assert item["mask"].dtype == torch.bool and item["mask"].shape == (SIZE, SIZE)
             assert ("image" in item) == (kind in ("paired", "image"))
             assert ("normals" in item) == (kind in ("paired", "normal"))

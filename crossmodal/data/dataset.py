@@ -30,7 +30,7 @@ class FaceNormalsDataset(Dataset):
 
     Item ``i`` is a dict:
 
-    - ``"id"``: str; ``"kind"``: 'paired' | 'image' | 'normal'; ``"index"``: ``i``;
+    - ``"id"``: str; ``"kind"``: 'paired' | 'image' | 'normal';
     - ``"image"``: float32 ``(3, H, W)`` RGB in [0, 1] (rows with an image only);
     - ``"normals"``: float32 ``(3, H, W)`` unit vectors in our convention, zero where
       invalid (rows with normals only);
@@ -98,4 +98,4 @@ class FaceNormalsDataset(Dataset):
             name: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
             for name, a in arrays.items() if name != "mask"}
         item["mask"] = torch.from_numpy(arrays["mask"])
-        return {"id": sample.id, "kind": sample.kind, "index": index, **item}
+        return {"id": sample.id, "kind": sample.kind, **item}

@@ -120,7 +120,6 @@ class TrainSet(Dataset):
         item = resize_sample(self.parts[kind][index], self.image_size)
         if self.augment is not None:
             item = self.augment(item, torch.Generator().manual_seed(seed))
-        item.pop("index")  # an index into one folder: meaningless after concatenation
         return item
 
 
