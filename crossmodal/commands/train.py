@@ -1,4 +1,5 @@
-"""``crossmodal train EXPERIMENT.yaml [key=value ...] [--resume]``: train from an experiment.
+"""``crossmodal train EXPERIMENT.yaml [key=value ...] [--resume | --overwrite]``: train from
+an experiment.
 
 Runs as one process, or as one of N under ``torchrun --nproc_per_node=N -m crossmodal
 train ...`` (DDP: NCCL on GPUs, gloo on CPUs); only rank 0 logs and writes the run
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "data.batch_size=4 (values are YAML)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run_dir from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run_dir that holds an earlier run, deleting its "
+                   "checkpoints (without --resume or --overwrite such a run_dir is refused)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         trainer = Trainer(config, overrides=args.overrides, resume=args.resume,
-                          source=args.config)
+                          source=args.config, overwrite=args.overwrite)
         result = trainer.train()
     finally:
         distributed.cleanup()

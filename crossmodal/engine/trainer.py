@@ -112,8 +112,10 @@ class Trainer:
         config: the experiment (:class:`crossmodal.config.ExperimentConfig`).
         overrides: the ``key=value`` overrides it was loaded with, recorded beside it.
         resume: continue from ``run_dir/last.pt`` (model, optimizer, GradScaler, step, RNG
-            state, best metric); without it, training starts afresh, and an earlier run's
-            files in ``run_dir`` are overwritten (with a warning).
+            state, best metric).
+        overwrite: start afresh in a ``run_dir`` that holds an earlier run's checkpoints,
+            deleting them; without it (or ``resume``) such a ``run_dir`` is refused, so an
+            earlier run is never lost to a forgotten ``--resume``.
         source: the experiment file, recorded in ``config.yaml``.
 
     Call inside an initialised process group (:func:`distributed.init_distributed`) to
@@ -121,15 +123,22 @@ class Trainer:
 
     Raises:
         CrossmodalError: bad settings, missing data folders or no usable data, nothing to
-            resume, or a ``last.pt`` that does not fit the config.
+            resume, a ``last.pt`` that does not fit the config, or an earlier run in
+            ``run_dir`` without ``resume`` or ``overwrite``.
     """
 
     def __init__(self, config: ExperimentConfig, overrides: Sequence[str] = (),
-                 resume: bool = False, source: str | Path | None = None) -> None:
+                 resume: bool = False, source: str | Path | None = None,
+                 overwrite: bool = False) -> None:
         self.config = config
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.run_dir = Path(config.run_dir)
+        if resume and overwrite:
+            raise CrossmodalError("--resume continues the run in run_dir and --overwrite "
+                                  "deletes it: give one of them")
+        if not resume:
+            self._claim_run_dir(overwrite)
         checkpoint = self._checkpoint_to_resume() if resume else None
         self._build_device()
         self._build_model(checkpoint is None)
@@ -142,12 +151,31 @@ class Trainer:
             self._restore(checkpoint)
         self.model = self._wrap_for_ddp()
         self.log = RunLog(self.run_dir, is_main=self.is_main, device=self.device)
-        self._start_run_dir(overrides, source, resumed=checkpoint is not None)
+        self._start_run_dir(overrides, source)
         self._stop_signal: int | None = None
         self._since = (self.step, time.perf_counter())
         self._log_setup(resumed=checkpoint is not None)
 
     # ------------------------------------------------------------------ set-up steps
+
+    def _claim_run_dir(self, overwrite: bool) -> None:
+        """Refuse a run directory holding an earlier run's checkpoints unless told to
+        overwrite it; then delete them (rank 0), so no stale ``best.pt`` survives."""
+        earlier = [self.run_dir / name for name in (LAST, BEST)
+                   if (self.run_dir / name).is_file()]
+        if not earlier:
+            return
+        if not overwrite:
+            raise CrossmodalError(
+                f"{self.run_dir} holds an earlier run ({', '.join(p.name for p in earlier)}); "
+                f"continue it with --resume, start afresh with --overwrite (deletes them), or "
+                f"set another run_dir (e.g. name=NEW_NAME)")
+        distributed.barrier()  # every rank has looked before rank 0 deletes
+        if self.is_main:
+            log.warning("%s: --overwrite: deleting the earlier run's %s", self.run_dir,
+                        ", ".join(p.name for p in earlier))
+            for path in earlier:
+                path.unlink()
 
     def _checkpoint_to_resume(self) -> dict:
         path = self.run_dir / LAST
@@ -219,17 +247,19 @@ class Trainer:
             self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=True)
 
-    def _start_run_dir(self, overrides: Sequence[str], source: str | Path | None,
-                       resumed: bool) -> None:
+    def _start_run_dir(self, overrides: Sequence[str], source: str | Path | None) -> None:
+        """Write the run's records before any training: an unwritable ``run_dir`` fails
+        now, not at the first checkpoint."""
         if not self.is_main:
             return
-        if not resumed and (self.run_dir / LAST).is_file():
-            log.warning("%s holds an earlier run (%s); starting afresh and overwriting it "
-                        "(pass --resume to continue it instead)", self.run_dir, LAST)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(self.config, self.run_dir, tuple(overrides),
-                        None if source is None else Path(source))
-        self.log.reset(self.step)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_run_config(self.config, self.run_dir, tuple(overrides),
+                            None if source is None else Path(source))
+            self.log.reset(self.step)
+        except OSError as err:
+            raise CrossmodalError(f"cannot write the run directory {self.run_dir} "
+                                  f"({err.strerror or err}); set a writable run_dir") from None
 
     def _log_setup(self, resumed: bool) -> None:
         n_params = sum(p.numel() for p in self.net.parameters())

@@ -1,0 +1,68 @@
+"""`crossmodal train` never loses an earlier run: a run directory holding checkpoints needs
+--resume or --overwrite, and an unwritable one fails before any training."""
+
+from pathlib import Path
+
+import pytest
+
+from crossmodal.cli import main
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
+
+
+def train(data_root, run_dir, *flags, steps=1):
+    return main(["-q", "train", str(SMOKE), f"run_dir={run_dir}", f"data.root={data_root}",
+                 "data.paired=[synth]", "data.image=[synth]", "data.normal=[synth]",
+                 "data.val=[synth]", f"train.max_steps={steps}", "train.val_every=0",
+                 *flags])
+
+
+@pytest.fixture(scope="module")
+def earlier_run(data_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "earlier"
+    assert train(data_root, run) == 0
+    return run
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crossmodal: error:"), err
+    return err[0]
+
+
+def test_an_earlier_run_is_refused_without_resume_or_overwrite(data_root, earlier_run,
+                                                                capsys):
+    before = {p.name: p.read_bytes() for p in earlier_run.glob("*.pt")}
+    assert set(before) == {"last.pt", "best.pt"}
+    capsys.readouterr()
+    assert train(data_root, earlier_run, steps=2) == 2
+    line = one_error_line(capsys)
+    assert f"{earlier_run} holds an earlier run (last.pt, best.pt)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in earlier_run.glob("*.pt")} == before
+
+
+def test_overwrite_starts_afresh_and_resume_with_overwrite_is_refused(data_root, earlier_run,
+                                                                      tmp_path, capsys):
+    import shutil
+
+    from crossmodal.checkpoint import load_checkpoint
+
+    run = tmp_path / "again"
+    shutil.copytree(earlier_run, run)
+    capsys.readouterr()
+    assert train(data_root, run, "--resume", "--overwrite", steps=2) == 2
+    assert "give one of them" in one_error_line(capsys)
+    (run / "best.pt").write_bytes(b"stale")  # must not survive a fresh start
+    assert train(data_root, run, "--overwrite", steps=2) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert load_checkpoint(run / "best.pt")["step"] == 2  # written anew by validation
+
+
+def test_an_unwritable_run_dir_fails_before_training(data_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert train(data_root, blocker / "run") == 2
+    line = one_error_line(capsys)
+    assert f"cannot write the run directory {blocker / 'run'}" in line
+    assert "set a writable run_dir" in line
