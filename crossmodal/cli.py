@@ -3,7 +3,9 @@
 Each command lives in a module of :mod:`crossmodal.commands` exposing
 ``register(subparsers)``, which adds its parser(s) and sets ``func`` to a callable taking
 the parsed arguments and returning an exit status. User mistakes
-(:class:`~crossmodal.errors.CrossmodalError`) end in one line on stderr and exit status 2.
+(:class:`~crossmodal.errors.CrossmodalError`, and ``OSError`` about a path: missing,
+unreadable, unwritable) end in one line on stderr and exit status 2; ``-v`` also prints
+their traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from . import __version__
 from .errors import CrossmodalError
@@ -54,8 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CrossmodalError as exc:
-        print(f"crossmodal: error: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(str(exc), args.verbose)
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path the user gave: a bug, with its traceback
+        # A path that cannot be read or written (missing folder, permissions, a file where
+        # a folder is meant, a full disk) is the user's to fix, whichever call met it.
+        return _user_error(f"{exc.filename}: {exc.strerror or exc}; check the path, its "
+                           f"folder and their permissions", args.verbose)
     except KeyboardInterrupt:
         print("crossmodal: interrupted", file=sys.stderr)
         return 130
+
+
+def _user_error(message: str, verbose: int) -> int:
+    """Report a user mistake in one line on stderr (with ``-v``, after the traceback of
+    where it was raised, for a bug report) and return exit status 2."""
+    if verbose:
+        traceback.print_exc()
+    print("crossmodal: error: " + " ".join(message.split()), file=sys.stderr)
+    return 2

@@ -1,0 +1,54 @@
+"""User mistakes end in one line and exit status 2, whatever raised them; `-v` adds the
+traceback; a genuine bug keeps its traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crossmodal.cli import main
+
+
+def eval_json(path):
+    path.write_text(json.dumps({
+        "n_images": 1, "n_pixels": 10, "mean": 10.0, "std": 0.0, "median": 10.0,
+        "pixel_mean": 10.0, "below": {"20": 100.0, "25": 100.0, "30": 100.0},
+        "dataset": "d", "split": "test", "checkpoint": "c.pt"}))
+    return path
+
+
+def test_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    """An OSError about a path the user gave (here: a folder that is a file) is theirs to
+    fix: one line naming the path, status 2."""
+    result = eval_json(tmp_path / "r.json")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["-q", "report", str(result), "--out", str(blocker / "table.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crossmodal: error: ")
+    assert str(blocker) in err[0] and "check the path" in err[0]
+
+
+def test_verbose_shows_the_traceback_of_a_user_mistake(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "crossmodal", "-v", "report",
+                           str(tmp_path / "missing.json")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "Traceback (most recent call last)" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("crossmodal: error: ")
+    quiet = subprocess.run([sys.executable, "-m", "crossmodal", "report",
+                            str(tmp_path / "missing.json")], capture_output=True, text=True,
+                           timeout=60)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    import crossmodal.commands.evaluate as evaluate_command
+
+    def broken(args):
+        raise OSError("a failure of the program itself, about no file")
+
+    monkeypatch.setattr(evaluate_command, "run_report", broken)
+    with pytest.raises(OSError, match="about no file"):
+        main(["-q", "report", "x.json"])
