@@ -42,7 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .data.augment import AugmentConfig
 from .data.format import KIND_ENTRIES, KINDS
 from .errors import CrossmodalError, InputError
-from .fileutil import atomic_write
+from .fileutil import atomic_write, read_text
 from .image_size import check_image_size
 from .models.losses import LOSS_TERMS
 from .models.net import ROUTE_INPUTS, ROUTE_OUTPUTS, ROUTES, ModelConfig
@@ -388,14 +388,14 @@ def _file_layers(path: Path, chain: tuple[Path, ...]) -> list[_Layer]:
 def _read_yaml(path: Path, referenced_by: Path | None) -> dict:
     """The mapping in ``path``, read with ``yaml.safe_load`` (no tags that build objects)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        if referenced_by is not None:
-            raise ConfigError(f"{referenced_by}: {_BASE_KEY} file {path} cannot be read "
-                              f"({e.strerror or e}); {_BASE_KEY} paths are relative to the "
-                              f"file that names them") from None
-        raise ConfigError(f"{path}: cannot read the experiment file ({e.strerror or e}); "
-                          f"pass a YAML file such as experiments/quickstart.yaml") from None
+        if referenced_by is None:
+            text = read_text(path, "experiment file",
+                             "pass a YAML file such as experiments/quickstart.yaml")
+        else:
+            text = read_text(path, f"{_BASE_KEY} file",
+                             f"{_BASE_KEY} paths are relative to the file that names them")
+    except InputError as e:  # missing, a folder, unreadable, not UTF-8
+        raise ConfigError(f"{referenced_by}: {e}" if referenced_by else str(e)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

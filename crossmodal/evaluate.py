@@ -18,8 +18,9 @@ the ``crossmodal eval`` JSON::
      "n_excluded_pred": int,     # evaluated pixels whose prediction was NaN/inf/zero
      "n_empty_images": int}      # images without a valid pixel (not in n_images)
 
-A metric with nothing to average (no valid pixel at all) is ``null``, not ``NaN``, so the
-file is standard JSON that every parser reads.
+An evaluation in which no pixel could be scored (every mask empty, or every prediction
+NaN, inf or zero) is an error saying which, not a result. :func:`metrics_json` still writes
+any NaN it meets as ``null``, so the file is standard JSON that every parser reads.
 
 :func:`load_result` and :func:`report_table` turn such files into a markdown table laid
 out like the paper's ablation table (Table 7 / Fig. 7): one row per model.
@@ -37,19 +38,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
 from . import viz
 from .checkpoint import load_checkpoint
 from .data import FaceNormalsDataset
+from .data.loader import SafeDataLoader
 from .errors import CrossmodalError
 from .inference import NormalPredictor
 from .metrics import AngularErrorMeter, angular_error
 
 __all__ = ["EVAL_FILE", "JSON_KEYS", "ERROR_VMAX", "draw_panel", "evaluate",
            "evaluate_checkpoint", "load_result", "metrics_json", "paired_split",
-           "report_table", "score"]
+           "report_table", "result_file", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +151,17 @@ def evaluate(
 
     Raises:
         CrossmodalError: an unreadable dataset, an empty split, a size the model cannot
-            take, ``num_workers`` < 0.
+            take, ``num_workers`` < 0, or no pixel scored (every mask empty or every
+            prediction NaN, inf or zero), saying which.
     """
     return _evaluate(predictor, paired_split(dataset_root, split), num_workers=num_workers,
                      progress=progress, panel_count=panel_count)
 
 
 def _evaluate(predictor: NormalPredictor, dataset: FaceNormalsDataset, *, num_workers: int,
-              progress: bool, panel_count: int) -> tuple[dict, np.ndarray | None]:
-    """:func:`evaluate` on an opened split."""
+              progress: bool, panel_count: int,
+              model_name: str = "the model") -> tuple[dict, np.ndarray | None]:
+    """:func:`evaluate` on an opened split; ``model_name`` names the model in errors."""
     if num_workers < 0:
         raise CrossmodalError(f"the number of workers must be at least 0, got {num_workers}")
     split = dataset.split
@@ -167,16 +171,27 @@ def _evaluate(predictor: NormalPredictor, dataset: FaceNormalsDataset, *, num_wo
                  "crops are resized for it and its predictions resized back and scored at "
                  "%d px", dataset.root, predictor.image_size, dataset.info.image_size,
                  dataset.info.image_size)
-    loader = DataLoader(dataset, batch_size=predictor.batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = SafeDataLoader(dataset, batch_size=predictor.batch_size, shuffle=False,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
     batches = tqdm(loader, desc=f"eval {split}", unit="batch", disable=not progress)
     summary = score(predictor, batches, AngularErrorMeter(device=device)).summary()
     summary["image_size"] = dataset.info.image_size
-    if summary["n_excluded_pred"] or summary["n_empty_images"]:
+    excluded, empty = summary["n_excluded_pred"], summary["n_empty_images"]
+    # Metrics over no pixel at all are no result: an error saying why, not null metrics.
+    if summary["n_pixels"] == 0 and excluded:
+        raise CrossmodalError(
+            f"{model_name} on {dataset.root}/{split}: no pixel could be scored: all "
+            f"{excluded} face pixels of the {empty} images had a NaN, inf or zero prediction; "
+            f"the model is broken (diverged?): evaluate a checkpoint from before")
+    if summary["n_pixels"] == 0:
+        raise CrossmodalError(
+            f"{dataset.root}/{split}: no pixel could be scored: all {empty} images have an "
+            f"empty mask or no valid ground-truth normal inside it; check the masks and "
+            f"normals that {dataset.root}/samples.csv lists")
+    if excluded or empty:
         log.warning("%s/%s: %d evaluated pixels had an unusable (NaN, inf or zero) "
                     "prediction and were left out; %d images had no valid pixel",
-                    dataset.root, split, summary["n_excluded_pred"],
-                    summary["n_empty_images"])
+                    dataset.root, split, excluded, empty)
     panel = draw_panel(predictor, dataset, panel_count) if panel_count > 0 else None
     return summary, panel
 
@@ -212,7 +227,7 @@ def evaluate_checkpoint(
     predictor = NormalPredictor.from_checkpoint(checkpoint, device=device,
                                                 image_size=image_size, batch_size=batch_size)
     summary, panel = _evaluate(predictor, dataset, num_workers=num_workers, progress=progress,
-                               panel_count=panel_count)
+                               panel_count=panel_count, model_name=str(checkpoint_path))
     metrics = {k: summary[k] for k in JSON_KEYS if k in summary}
     metrics.update(
         dataset=dataset.info.name or Path(dataset_root).resolve().name,
@@ -242,6 +257,13 @@ def metrics_json(metrics: dict) -> str:
     return json.dumps(_finite_or_none(metrics), indent=2, allow_nan=False) + "\n"
 
 
+def result_file(path: PathLike) -> Path:
+    """The eval JSON that a ``crossmodal report`` argument names: the file itself, or
+    ``RUN/eval.json`` for a run directory ``RUN``."""
+    path = Path(path)
+    return path / EVAL_FILE if path.is_dir() else path
+
+
 def load_result(path: PathLike) -> tuple[str, dict]:
     """Read an eval JSON, or ``RUN/eval.json`` for a run directory ``RUN``.
 
@@ -254,15 +276,15 @@ def load_result(path: PathLike) -> tuple[str, dict]:
         CrossmodalError: naming the file and the fix, when it is missing, not JSON or
             lacks §6 keys.
     """
-    path = Path(path)
-    if path.is_dir():
-        fallback, file = path.name, path / EVAL_FILE
+    path, file = Path(path), result_file(path)
+    if file != path:
+        fallback = path.name
         if not file.is_file():
             raise CrossmodalError(
                 f"run {path} has no {EVAL_FILE}; run crossmodal eval --checkpoint "
                 f"{path / 'best.pt'} --data DIR --out {file}")
     else:
-        fallback, file = path.stem, path
+        fallback = path.stem
         if not file.is_file():
             raise CrossmodalError(f"{path} not found; pass eval JSON files written by "
                                   f"crossmodal eval --out, or run directories holding "

@@ -9,6 +9,19 @@ an interrupted run never leaves a half-written file that a later run would trust
 Normal maps record the convention they are stored in: EXR files in the header attributes
 ``normalConvention`` / ``normalEncoding``, PNG and NPY files in a JSON sidecar
 ``<file>.json`` (e.g. ``face.png.json``).
+
+Decoding is bounded. Every reader takes the width and height a file declares from its header
+(PNG's IHDR chunk, JPEG's frame header, EXR's ``dataWindow``, NPY's shape) and refuses an
+image above the pixel limit before decoding it, so a small compressed file cannot take
+gigabytes of memory. The limit is the readers' ``max_pixels`` keyword, else the environment
+variable ``CROSSMODAL_MAX_IMAGE_PIXELS``, else :data:`MAX_IMAGE_PIXELS` (8192 x 8192).
+Images and masks are PNG or JPEG, told apart by their content whatever their suffix: those
+are the formats whose header is read here, so other formats OpenCV could decode are refused
+rather than decoded unchecked. OpenCV has its own limit (``OPENCV_IO_MAX_IMAGE_PIXELS``,
+2^30 by default), met only when ours is raised above it.
+
+Every failure is one :class:`~crossmodal.errors.InputError` naming the file, so OpenCV's own
+log lines are silenced on import (set ``OPENCV_LOG_LEVEL`` to see them).
 """
 
 from __future__ import annotations
@@ -16,15 +29,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 import OpenEXR
 
 from .errors import InputError
-from .fileutil import atomic_write
+from .fileutil import atomic_write, open_for_reading, read_text
 from .normals import (
     check_normals,
     decode_rgb,
@@ -38,7 +53,10 @@ from .normals import (
 __all__ = [
     "ENCODINGS",
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_PIXELS_ENV",
     "NORMAL_SUFFIXES",
+    "max_image_pixels",
     "quantize",
     "read_image",
     "read_mask",
@@ -60,28 +78,127 @@ _SIDECAR_VERSION = 1
 _EXR_CONVENTION = "normalConvention"
 _EXR_ENCODING = "normalEncoding"
 
+#: The largest image (width x height) the readers decode unless told otherwise: 8192 x 8192
+#: = 67.1 megapixels. That passes every camera photo up to 61 MP (full-frame sensors, the
+#: 48-50 MP modes of phones) and an 8K square texture, and bounds what reading one costs:
+#: about 27 bytes a pixel at the peak of read_image (the 8-bit decode, its float32 copy and
+#: the channel-flipped one), 1.8 GB. A 20,000 x 20,000 PNG of zeros, a few hundred kB on
+#: disk, would take 11 GB.
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: The environment variable that sets the limit when a reader's ``max_pixels`` is not given.
+MAX_PIXELS_ENV = "CROSSMODAL_MAX_IMAGE_PIXELS"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_START = b"\xff\xd8"
+# JPEG markers of a frame header (SOF0-3, 5-7, 9-11, 13-15), which holds the size, and those
+# without a length field (TEM, RST0-7); SOS starts the entropy-coded data.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_BARE = frozenset({0x01, *range(0xD0, 0xD8)})
+_JPEG_SOS = 0xDA
+
 PathLike = str | os.PathLike
+
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _require_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist or is not a file; check the path")
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The readers' pixel limit: ``max_pixels`` if given, else the environment variable
+    ``CROSSMODAL_MAX_IMAGE_PIXELS`` if set, else :data:`MAX_IMAGE_PIXELS`.
+
+    Raises:
+        InputError: the value given is not a positive integer.
+    """
+    if max_pixels is not None:
+        name, given = "max_pixels", max_pixels
+    elif os.environ.get(MAX_PIXELS_ENV):
+        name, given = MAX_PIXELS_ENV, os.environ[MAX_PIXELS_ENV]
+    else:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = 0 if isinstance(given, (bool, float)) else int(given)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InputError(f"{name}={given!r} is not a whole number of pixels; set it to a "
+                         f"positive integer such as {MAX_IMAGE_PIXELS}")
+    return limit
 
 
-def _decode_raster(path: Path, flags: int, what: str) -> np.ndarray:
-    """Decode an image file with OpenCV; channels stay in OpenCV's BGR(A) order."""
-    _require_file(path, what)
-    # imdecode on the bytes (rather than imread) handles non-ASCII paths on every OS and
-    # lets an empty or foreign file be told apart from a missing one.
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
-    if image is None:
-        raise InputError(f"cannot read {what} {path}: not an image or corrupt; re-export it "
-                         f"as PNG or JPEG")
-    return image
+def _check_pixels(path: Path, what: str, width: int, height: int,
+                  max_pixels: int | None) -> None:
+    """Refuse a ``width`` x ``height`` image above :func:`max_image_pixels`."""
+    limit, pixels = max_image_pixels(max_pixels), width * height
+    if pixels > limit:
+        raise InputError(f"{what} {path} is {width}x{height} = {pixels:,} pixels, above the "
+                         f"limit of {limit:,} that bounds the memory decoding takes; shrink "
+                         f"the image, or raise the limit: {MAX_PIXELS_ENV}={pixels} "
+                         f"(max_pixels= in Python)")
+
+
+def _raster_size(file: BinaryIO) -> tuple[int, int] | None:
+    """``(width, height)`` declared by the header of a PNG or JPEG file open at its start;
+    None when the header is cut short or malformed. Reads only the header."""
+    head = file.read(24)
+    if head.startswith(_PNG_SIGNATURE):
+        # The first chunk is IHDR: length (4 bytes), type (4), width (4), height (4).
+        return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
+    file.seek(len(_JPEG_START))
+    while True:  # segment by segment: marker, length, body, up to the frame header
+        marker = file.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        kind = marker[1]
+        while kind == 0xFF:  # fill bytes may pad a marker
+            byte = file.read(1)
+            if not byte:
+                return None
+            kind = byte[0]
+        if kind in _JPEG_BARE:
+            continue
+        if kind == _JPEG_SOS:  # image data before any frame header
+            return None
+        # Length (2 bytes, counting itself), then a frame's precision (1), height, width.
+        field = file.read(7)
+        length = int.from_bytes(field[:2], "big")
+        if kind in _JPEG_FRAMES:
+            return struct.unpack(">HH", field[3:7])[::-1] if len(field) == 7 else None
+        if len(field) < 2 or length < 2:
+            return None
+        file.seek(length - len(field), os.SEEK_CUR)
+
+
+def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None) -> np.ndarray:
+    """Decode a PNG or JPEG file with OpenCV once the size its header declares is within
+    :func:`max_image_pixels`; channels stay in OpenCV's BGR(A) order."""
+    with open_for_reading(path, what) as file:
+        start = file.read(len(_PNG_SIGNATURE))
+        if not start.startswith((_PNG_SIGNATURE, _JPEG_START)):
+            raise InputError(f"cannot read {what} {path}: not a PNG or JPEG file; re-export it "
+                             f"as PNG or JPEG")
+        file.seek(0)
+        size = _raster_size(file)
+        if size is not None and 0 not in size:
+            _check_pixels(path, what, *size, max_pixels)
+            file.seek(0)
+            # imdecode on the bytes (rather than imread) handles non-ASCII paths on every OS.
+            data = np.frombuffer(file.read(), dtype=np.uint8)
+            try:
+                image = cv2.imdecode(data, flags)
+            except cv2.error as err:
+                if "CV_IO_MAX_IMAGE" in str(err):
+                    raise InputError(f"OpenCV refused {what} {path} ({size[0]}x{size[1]}) as "
+                                     f"above its own size limit; raise "
+                                     f"OPENCV_IO_MAX_IMAGE_PIXELS (or _WIDTH, _HEIGHT) too, or "
+                                     f"lower {MAX_PIXELS_ENV} below it") from None
+                image = None  # other malformed data: OpenCV raises where it used to return None
+            if image is not None:
+                return image
+    raise InputError(f"cannot read {what} {path}: truncated or corrupt; re-export it as PNG "
+                     f"or JPEG")
 
 
 def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
@@ -143,17 +260,18 @@ def _check_shape(mask: np.ndarray, shape: tuple[int, ...], path: Path, what: str
 # --------------------------------------------------------------------------- images
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an RGB image as float32 ``(H, W, 3)`` in [0, 1].
+def read_image(path: PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an RGB image (PNG or JPEG) as float32 ``(H, W, 3)`` in [0, 1].
 
     8- and 16-bit files keep their precision (scaled by 255 or 65535). Grayscale is
     replicated to three channels; an alpha channel is dropped, not composited. The EXIF
-    orientation of JPEGs is applied so photos come out upright.
+    orientation of JPEGs is applied so photos come out upright. ``max_pixels``: the largest
+    width x height decoded (:func:`max_image_pixels`).
     """
     path = Path(path)
     # IMREAD_COLOR | ANYDEPTH gives 3-channel BGR at the file's bit depth: OpenCV replicates
     # grey, drops alpha and applies EXIF orientation (IMREAD_UNCHANGED would ignore it).
-    bgr = _decode_raster(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, "image")
+    bgr = _decode_raster(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, "image", max_pixels)
     return np.ascontiguousarray(_to_unit_float(bgr, path)[..., ::-1])
 
 
@@ -181,15 +299,17 @@ def write_image(path: PathLike, image: np.ndarray, *, bits: int = 8) -> Path:
 # --------------------------------------------------------------------------- masks
 
 
-def read_mask(path: PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read a mask as bool ``(H, W)``.
+def read_mask(path: PathLike, shape: tuple[int, ...] | None = None, *,
+              max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask (PNG or JPEG) as bool ``(H, W)``.
 
     Stored as uint8 0/255 (0/1 and 16-bit are accepted too); a pixel is in when above half
     the full scale. A 3-channel file is accepted when its channels are equal. ``shape``:
     the expected ``(H, W)`` (trailing dimensions are ignored); a mismatch is an error.
+    ``max_pixels``: the largest width x height decoded (:func:`max_image_pixels`).
     """
     path = Path(path)
-    raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "mask")
+    raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "mask", max_pixels)
     if raw.ndim == 3:
         if raw.shape[2] != 3:
             raise InputError(f"{path}: expected a 1- or 3-channel mask, got {raw.shape[2]} "
@@ -240,57 +360,96 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _load_normal_file(path: Path, suffix: str) -> tuple[dict[str, str], np.ndarray]:
-    """The file's own ``{'convention', 'encoding'}`` (either may be absent) and its data.
+def _read_exr(path: Path, max_pixels: int | None) -> tuple[dict[str, str], np.ndarray]:
+    """An EXR file's ``{'convention', 'encoding'}`` (either may be absent) and float
+    ``(H, W, 3)`` R, G, B data, once the size its header declares is within the limit."""
 
-    Data: float ``(H, W, 3)`` for EXR/NPY, float32 in [0, 1] for PNG.
-    """
-    declared: dict[str, str] = {}
-    if suffix == ".exr":
+    def corrupt(err: Exception) -> InputError:
+        return InputError(f"cannot read EXR file {path}: truncated or corrupt ({err}); "
+                          f"re-export it")
+
+    # Opened here first: OpenEXR itself calls a missing or unreadable file corrupt.
+    with open_for_reading(path, "normal map"):
+        try:
+            (x0, y0), (x1, y1) = OpenEXR.File(str(path), header_only=True).header()[
+                "dataWindow"]
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as err:
+            raise corrupt(err) from None
+        _check_pixels(path, "normal map", int(x1 - x0) + 1, int(y1 - y0) + 1, max_pixels)
         try:
             exr = OpenEXR.File(str(path), separate_channels=True)
             header, channels = exr.header(), exr.channels()
         except (RuntimeError, ValueError, OSError) as err:
-            raise InputError(f"cannot read EXR file {path}: truncated or corrupt ({err}); "
-                             f"re-export it") from None
-        missing = [c for c in "RGB" if c not in channels]
-        if missing:
-            raise InputError(f"{path}: EXR normal map needs channels R, G, B; found "
-                             f"{', '.join(sorted(channels)) or 'none'}; re-export it with the "
-                             f"(x, y, z) components in R, G, B")
-        for key, attr in (("convention", _EXR_CONVENTION), ("encoding", _EXR_ENCODING)):
-            if attr in header:
-                value = header[attr]
-                declared[key] = value.decode() if isinstance(value, bytes) else str(value)
-        # Half-float channels are widened; float32 ones are kept bit-exact.
-        data = np.stack([channels[c].pixels.astype(np.float32) for c in "RGB"], axis=-1)
-        return declared, data
+            raise corrupt(err) from None
+    missing = [c for c in "RGB" if c not in channels]
+    if missing:
+        raise InputError(f"{path}: EXR normal map needs channels R, G, B; found "
+                         f"{', '.join(sorted(channels)) or 'none'}; re-export it with the "
+                         f"(x, y, z) components in R, G, B")
+    declared = {}
+    for key, attr in (("convention", _EXR_CONVENTION), ("encoding", _EXR_ENCODING)):
+        if attr in header:
+            value = header[attr]
+            declared[key] = value.decode() if isinstance(value, bytes) else str(value)
+    # Half-float channels are widened; float32 ones are kept bit-exact.
+    return declared, np.stack([channels[c].pixels.astype(np.float32) for c in "RGB"], axis=-1)
 
-    sidecar = _sidecar(path)
-    if sidecar.is_file():
+
+def _read_npy(path: Path, max_pixels: int | None) -> np.ndarray:
+    """An NPY file's float ``(H, W, 3)`` array, once its shape is within the limit."""
+    with open_for_reading(path, "normal map"):
         try:
-            meta = json.loads(sidecar.read_text())
-            declared = {k: str(meta[k]) for k in ("convention", "encoding") if k in meta}
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
-            raise InputError(f"{sidecar}: invalid JSON sidecar ({err}); fix or delete it") \
-                from None
-    if suffix == ".png":
-        raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "normal map")
-        n_channels = 1 if raw.ndim == 2 else raw.shape[2]
-        if n_channels != 3:
-            raise InputError(f"{path}: expected a 3-channel RGB normal map, got {n_channels} "
-                             f"channels; save the normals as RGB")
-        return declared, _to_unit_float(raw[..., ::-1], path)
-    _require_file(path, "normal map")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"cannot read NPY file {path}: truncated or corrupt ({err}); "
-                         f"re-export it") from None
+            # Memory-mapped, only the header is read until the array is copied below.
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise InputError(f"cannot read NPY file {path}: truncated or corrupt ({err}); "
+                             f"re-export it") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise InputError(f"{path}: an NPZ archive, not an NPY array; save the normal map with "
+                         f"numpy.save")
     if not np.issubdtype(data.dtype, np.floating) or data.ndim != 3 or data.shape[2] != 3:
         raise InputError(f"{path}: expected a float (H, W, 3) normal map, got {data.dtype} "
                          f"{data.shape}")
-    return declared, data
+    _check_pixels(path, "normal map", data.shape[1], data.shape[0], max_pixels)
+    return np.array(data)
+
+
+def _read_sidecar(path: Path) -> dict[str, str]:
+    """The ``{'convention', 'encoding'}`` a PNG or NPY file's JSON sidecar declares
+    (either may be absent; no sidecar: none)."""
+    sidecar = _sidecar(path)
+    if not os.path.lexists(sidecar):
+        return {}
+    text = read_text(sidecar, "normal-map sidecar", "fix or delete it")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{sidecar}: invalid JSON sidecar ({err}); fix or delete it") \
+            from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{sidecar}: expected a JSON object, got {type(meta).__name__}; fix "
+                         f"or delete it")
+    return {k: str(meta[k]) for k in ("convention", "encoding") if k in meta}
+
+
+def _load_normal_file(path: Path, suffix: str,
+                      max_pixels: int | None) -> tuple[dict[str, str], np.ndarray]:
+    """The file's own ``{'convention', 'encoding'}`` (either may be absent) and its data.
+
+    Data: float ``(H, W, 3)`` for EXR/NPY, float32 in [0, 1] for PNG.
+    """
+    if suffix == ".exr":
+        return _read_exr(path, max_pixels)
+    declared = _read_sidecar(path)
+    if suffix == ".npy":
+        return declared, _read_npy(path, max_pixels)
+    raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "normal map", max_pixels)
+    n_channels = 1 if raw.ndim == 2 else raw.shape[2]
+    if n_channels != 3:
+        raise InputError(f"{path}: expected a 3-channel RGB normal map, got {n_channels} "
+                         f"channels; save the normals as RGB")
+    return declared, _to_unit_float(raw[..., ::-1], path)
 
 
 def _resolve(path: Path, declared: dict[str, str], key: str, given: str | None,
@@ -308,6 +467,7 @@ def read_normals(
     mask: np.ndarray | None = None,
     renormalize: bool = False,
     encoding: str | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a normal map (``.exr``, ``.png`` or ``.npy``) into our convention.
 
@@ -320,18 +480,20 @@ def read_normals(
         renormalize: rescale valid vectors to unit length and drop non-finite ones as
             invalid instead of raising; a correction, so use it only on maps known to be
             merely unnormalised.
+        max_pixels: the largest width x height read (:func:`max_image_pixels`).
 
     Returns:
         ``(normals, valid)``: float32 ``(H, W, 3)`` unit vectors, (0, 0, 0) where invalid,
         and bool ``(H, W)``. Zero vectors (black pixels in RGB encodings) are invalid.
 
     Raises:
-        InputError: unreadable file, wrong channels, mask of another size, unknown
-            convention, or (without ``renormalize``) NaN / non-unit valid vectors.
+        InputError: missing or unreadable file, above the pixel limit, wrong channels,
+            mask of another size, unknown convention, or (without ``renormalize``) NaN /
+            non-unit valid vectors.
     """
     path = Path(path)
     suffix = _suffix(path)
-    declared, data = _load_normal_file(path, suffix)
+    declared, data = _load_normal_file(path, suffix, max_pixels)
     conv_name = _resolve(path, declared, "convention", convention, "opengl")
     enc = _resolve(path, declared, "encoding", encoding, "rgb" if suffix == ".png" else "vector")
     try:

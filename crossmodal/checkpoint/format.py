@@ -14,6 +14,11 @@ A checkpoint is ``torch.save`` of::
 Only tensors and builtins, so ``torch.load(path, weights_only=True)`` reads it and
 loading never runs code from the file. Inference and evaluation rebuild the network from
 ``config["model"]`` alone (:func:`build_model`).
+
+:func:`load_checkpoint`, which every consumer (eval, inference, ``--resume``,
+``train.init_from``) reads through, checks the type of every required entry, the model
+config as strictly as an experiment file's, and that the weights are finite, so a damaged,
+foreign or diverged file is one line naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError, config_from_dict
 from ..errors import CrossmodalError
 from ..fileutil import atomic_write, load_torch_file
 from ..models import CrossModalNet, ModelConfig
 from ..provenance import git_state
 
-__all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "load_checkpoint",
-           "save_checkpoint", "unwrap_model"]
+__all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "check_finite_weights",
+           "load_checkpoint", "save_checkpoint", "unwrap_model"]
 
 #: Bumped when the layout changes incompatibly; readers refuse newer versions.
 FORMAT_VERSION = 1
@@ -132,7 +138,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     Raises:
         CrossmodalError: naming the file, when it is missing, unreadable (truncated, not
-            a torch file), not a crossmodal checkpoint, or from a newer format.
+            a torch file), not a crossmodal checkpoint, from a newer format, damaged (a
+            required entry of the wrong type, naming it; a model config that an experiment
+            file could not hold) or holding NaN/inf weights.
     """
     path = Path(path)
     checkpoint = load_torch_file(path, what="checkpoint", fix=_HOW_TO_GET_ONE)
@@ -145,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"is the authors' model.pth, convert it with `crossmodal import-official {path} "
             f"--out CKPT`, otherwise {_HOW_TO_GET_ONE}")
     version = checkpoint["format_version"]
-    if not isinstance(version, int) or version < 1:
+    if not _is_int(version) or version < 1:
         raise CrossmodalError(f"{path} has an invalid format_version {version!r}; "
                               f"{_HOW_TO_GET_ONE}")
     if version > FORMAT_VERSION:
@@ -156,17 +164,92 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CrossmodalError(f"{path} has no model config (config['model']), so the "
                               f"network cannot be rebuilt; {_HOW_TO_GET_ONE}")
+    problem = _layout_problem(checkpoint)
+    if problem:
+        raise CrossmodalError(f"{path} is a damaged checkpoint: {problem}; {_HOW_TO_GET_ONE}")
+    _model_config(config["model"], source=f"{path} config")
+    check_finite_weights(checkpoint["model"], path,
+                         fix="use a checkpoint saved before the training diverged, or retrain")
     return checkpoint
 
 
-def build_model(checkpoint: dict) -> CrossModalNet:
-    """Rebuild the network from ``checkpoint["config"]["model"]`` alone and load its
-    weights strictly; returned on the CPU in eval mode.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    ``imagenet_weights`` is dropped from the stored config: the checkpoint holds trained
-    weights, and the ImageNet file it was initialised from need not exist here.
-    """
-    config = ModelConfig.from_dict({**checkpoint["config"]["model"], "imagenet_weights": None})
+
+def _layout_problem(checkpoint: dict) -> str | None:
+    """What is wrong with the types of a checkpoint's required entries (those readers use
+    without looking), or None; ``config`` is known to be a dict with a dict ``model``."""
+    model = checkpoint["model"]
+    if not isinstance(model, dict):
+        return f"'model' is a {type(model).__name__}, not a mapping of names to tensors"
+    for name, value in model.items():
+        if not isinstance(name, str):
+            return f"'model' has a tensor name {name!r} that is not a string"
+        if not isinstance(value, torch.Tensor):
+            return f"'model' entry {name!r} is a {type(value).__name__}, not a tensor"
+    config = checkpoint["config"]
+    data = config.get("data", {})
+    if not isinstance(data, dict):
+        return f"config['data'] is a {type(data).__name__}, not a mapping"
+    size = data.get("image_size", 1)
+    if not _is_int(size) or size < 1:
+        return f"config['data']['image_size'] is {size!r}, not a positive integer"
+    if not isinstance(config.get("name", ""), str):
+        return f"config['name'] is {config['name']!r}, not a string"
+    optimizer = checkpoint["optimizer"]
+    # The layout of torch.optim.Optimizer.state_dict(), which --resume loads.
+    if optimizer is not None and not (
+            isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    for g in optimizer["param_groups"])):
+        return ("'optimizer' is neither None nor an optimizer state (a mapping with 'state' "
+                "and a list of 'param_groups')")
+    step = checkpoint["step"]
+    if not _is_int(step) or step < 0:
+        return f"'step' is {step!r}, not a non-negative integer"
+    if not isinstance(checkpoint["metrics"], dict):
+        return f"'metrics' is a {type(checkpoint['metrics']).__name__}, not a mapping"
+    commit = checkpoint["git_commit"]
+    if commit is not None and not isinstance(commit, str):
+        return f"'git_commit' is {commit!r}, not a string or None"
+    return None
+
+
+def _model_config(stored: dict, source: str) -> ModelConfig:
+    """``config["model"]`` as a :class:`ModelConfig`, type-checked key by key as in an
+    experiment file. ``imagenet_weights`` is dropped: the checkpoint holds trained weights,
+    and the ImageNet file it was initialised from need not exist here."""
+    try:
+        return config_from_dict({"model": {**stored, "imagenet_weights": None}},
+                                source=source).model
+    except ConfigError as err:
+        raise CrossmodalError(f"{err}; {_HOW_TO_GET_ONE}") from None
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``names``, and how many there are in all if more."""
+    shown = ", ".join(names[:n])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown
+
+
+def check_finite_weights(state: dict, source: str | os.PathLike, *, fix: str) -> None:
+    """Refuse a state dict with a NaN or inf in any floating-point tensor (entries that
+    are not tensors are skipped), naming ``source``, the tensors and ``fix``."""
+    broken = [name for name, t in state.items()
+              if isinstance(t, torch.Tensor) and t.is_floating_point()
+              and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise CrossmodalError(f"{source} holds non-finite (NaN or inf) weights in "
+                              f"{_first(broken)}; {fix}")
+
+
+def build_model(checkpoint: dict) -> CrossModalNet:
+    """Rebuild the network from ``checkpoint["config"]["model"]`` alone (without its
+    ``imagenet_weights``, see :func:`_model_config`) and load its weights strictly;
+    returned on the CPU in eval mode."""
+    config = _model_config(checkpoint["config"]["model"], source="checkpoint config")
     model = CrossModalNet(config)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)

@@ -39,13 +39,15 @@ from pathlib import Path
 import torch
 
 from ..errors import CrossmodalError
-from ..fileutil import load_torch_file
+from ..fileutil import check_output, load_torch_file
 from ..models import CrossModalNet, ModelConfig
-from .format import build_model, save_checkpoint
+from .format import _first, build_model, check_finite_weights, save_checkpoint
 
 __all__ = ["ALIASES", "IGNORED_PREFIXES", "OFFICIAL_TO_OURS", "TARGET_SHAPES", "ConversionReport",
            "convert_official_state_dict", "import_official"]
 
+_HOW_TO_GET_THEIRS = ("download the authors' model.pth (linked from "
+                      "github.com/boukhayma/face_normals) and pass its path")
 #: Their unused ImageNet classifier.
 IGNORED_PREFIXES = ("base_model.fc.",)
 _TRUNK = "image_encoder.trunk."
@@ -125,11 +127,6 @@ class ConversionReport:
                 f"with defaults")
 
 
-def _first(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(names[:n])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown
-
-
 def convert_official_state_dict(
     state: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
@@ -195,9 +192,7 @@ def convert_official_state_dict(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Their file as a flat state dict: unwraps ``{'state_dict': ...}`` and drops the
     ``module.`` prefix of a ``DataParallel`` save."""
-    state = load_torch_file(path, what="the authors' weights",
-                            fix="download the authors' model.pth (linked from "
-                            "github.com/boukhayma/face_normals) and pass its path")
+    state = load_torch_file(path, what="the authors' weights", fix=_HOW_TO_GET_THEIRS)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
@@ -215,13 +210,20 @@ def import_official(model_path: str | Path, out_path: str | Path) -> ConversionR
     The checkpoint's config is the default model, the resolution it was trained at
     (``data.image_size`` 256) and a ``source`` section naming the file and the unverified
     'official' output convention (see the module docstring).
+
+    Raises:
+        CrossmodalError: ``out_path`` is ``model_path`` or cannot be written (checked before
+            reading), the file is not their state dict, or it holds NaN/inf weights.
     """
     model_path = Path(model_path)
+    check_output(out_path, inputs={"the authors' weights": model_path}, what="--out")
     state = _read_state_dict(model_path)
     try:
         converted, report = convert_official_state_dict(state)
     except CrossmodalError as err:
         raise CrossmodalError(f"{model_path}: {err}") from None
+    # A damaged download would otherwise become a checkpoint that every consumer refuses.
+    check_finite_weights(state, model_path, fix=_HOW_TO_GET_THEIRS)
     # The authors trained on 256 x 256 crops (§4.1): the inference path runs it there.
     config = {"model": ModelConfig().to_dict(), "data": {"image_size": 256},
               "source": {"official_model": str(model_path), "output_convention": "official"}}

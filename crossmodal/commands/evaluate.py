@@ -23,10 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mask: mean ± std over images of the per-image mean error, and the median, mean "
         "and % of pixels below 20/25/30 degrees over all pooled pixels. Writes the JSON "
         "of docs/design.md §6 plus experiment, variant, image_size, model_image_size, "
-        "n_excluded_pred and n_empty_images; a metric without any valid pixel is null (the "
-        "file is standard JSON). The network runs in float32 at the resolution it was "
-        "trained at; its predictions are resized back and scored against the ground truth "
-        "at the dataset's own resolution, exactly as validation during training scores.")
+        "n_excluded_pred and n_empty_images. An evaluation in which no pixel could be "
+        "scored (every mask empty, or every prediction NaN, inf or zero) is an error, and "
+        "a checkpoint with NaN or inf weights is refused. The network runs in float32 at "
+        "the resolution it was trained at; its predictions are resized back and scored "
+        "against the ground truth at the dataset's own resolution, exactly as validation "
+        "during training scores. No output may be the checkpoint or lie inside the "
+        "dataset folder.")
     p.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
                    help="checkpoint written by crossmodal train or import-official")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder")
@@ -68,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     # Imported here so that the CLI starts without torch for the commands not needing it.
     from ..evaluate import evaluate_checkpoint, metrics_json
-    from ..fileutil import atomic_write
+    from ..fileutil import atomic_write, check_output
     from ..image_size import check_image_size
     from ..io import IMAGE_SUFFIXES, write_image
 
@@ -76,13 +79,18 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CrossmodalError("--batch-size must be at least 1 and --workers at least 0")
     if args.image_size is not None:
         check_image_size(args.image_size, "--image-size", "use")
-    # Checked before the (long) evaluation rather than when the picture is written.
+    # Outputs are checked before the (long) evaluation rather than when they are written.
+    inputs = {"the checkpoint": args.checkpoint, "the dataset": args.data}
+    if args.out is not None:
+        check_output(args.out, inputs=inputs, what="--out")
     if args.panel is not None:
         if args.panel.suffix.lower() not in IMAGE_SUFFIXES:
             raise CrossmodalError(f"--panel {args.panel}: name a picture file ending in "
                                   f"{' or '.join(IMAGE_SUFFIXES)}")
         if args.panel_count < 1:
             raise CrossmodalError(f"--panel-count must be at least 1, got {args.panel_count}")
+        check_output(args.panel, inputs={**inputs, "the --out file": args.out},
+                     what="--panel")
     metrics, panel = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
         device=args.device, image_size=args.image_size, num_workers=args.workers,
@@ -106,9 +114,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..evaluate import load_result, report_table
-    from ..fileutil import atomic_write
+    from ..evaluate import load_result, report_table, result_file
+    from ..fileutil import atomic_write, check_output
 
+    if args.out is not None:
+        check_output(args.out, what="--out",
+                     inputs={"the eval result": [result_file(p) for p in args.results]})
     rows = [load_result(path) for path in args.results]
     # Two results of one experiment and variant (say, two splits) keep their paths apart.
     counts = Counter(label for label, _ in rows)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import geometry, io, viz
 from ..errors import InputError
+from ..fileutil import atomic_write, check_output
 from ..normals import CONVENTIONS
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
                    help="accept non-unit vectors and rescale them instead of failing")
 
 
+def _inputs(args: argparse.Namespace, extra: str) -> dict[str, Path | None]:
+    """The files a command reads (the normal map, ``--mask`` and the option ``extra``
+    names, e.g. ``albedo``), described for :func:`~crossmodal.fileutil.check_output`."""
+    return {"the input normal map": args.input, "the --mask image": args.mask,
+            f"the --{extra} image": getattr(args, extra, None)}
+
+
 def _read(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     mask = None
     if args.mask is not None:
@@ -109,6 +117,7 @@ def run_conventions(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    check_output(args.output, inputs=_inputs(args, "mask"), what="output")
     normals, valid = _read(args)
     io.write_normals(args.output, normals, convention=args.dst, mask=valid,
                      encoding=args.to_encoding)
@@ -117,22 +126,37 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_relight(args: argparse.Namespace) -> int:
+    inputs = _inputs(args, "albedo")
+    check_output(args.out, inputs=inputs, what="--out", kind="folder")
+    names = [f"relit_{k}.png" for k in range(args.views)] + ["panel.png"]
+    for name in names:
+        check_output(args.out / name, inputs=inputs, what="--out")
     normals, valid = _read(args)
     albedo = _read_image_like(args.albedo, normals)
     views = geometry.relight_views(
         normals, valid, n=args.views, elevation_deg=args.elevation, albedo=albedo,
         ambient=args.ambient, specular=args.specular, shininess=args.shininess)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for k, view in enumerate(views):
-        io.write_image(args.out / f"relit_{k}.png", np.clip(view, 0.0, 1.0))
+    for name, view in zip(names, views):
+        io.write_image(args.out / name, np.clip(view, 0.0, 1.0))
     tiles = [viz.normals_to_rgb(normals, valid)] + [np.clip(v, 0, 1) for v in views]
     labels = ["normals"] + [f"light {k}" for k in range(len(views))]
-    io.write_image(args.out / "panel.png", viz.panel(tiles, labels))
+    io.write_image(args.out / names[-1], viz.panel(tiles, labels))
     log.info("wrote %d relit views and panel.png to %s", len(views), args.out)
     return 0
 
 
 def run_mesh(args: argparse.Namespace) -> int:
+    # Checked before the integration rather than when the mesh is written.
+    if args.out.suffix.lower() not in geometry.MESH_FORMATS:
+        raise InputError(f"--out {args.out}: name a mesh file ending in "
+                         f"{' or '.join(geometry.MESH_FORMATS)}")
+    inputs = _inputs(args, "texture")
+    check_output(args.out, inputs=inputs, what="--out")
+    depth_out = args.depth_out
+    if depth_out is not None:
+        # The name np.save gives the file (never the mesh's, an .obj or .ply).
+        depth_out = depth_out if depth_out.suffix == ".npy" else Path(f"{depth_out}.npy")
+        check_output(depth_out, inputs=inputs, what="--depth-out")
     normals, valid = _read(args)
     colors = _read_image_like(args.texture, normals)
     depth = geometry.integrate_normals(normals, valid, pixel_size=args.pixel_size,
@@ -140,8 +164,7 @@ def run_mesh(args: argparse.Namespace) -> int:
     mesh = geometry.depth_to_mesh(depth, valid, pixel_size=args.pixel_size,
                                   colors=colors, normals=normals)
     geometry.write_mesh(args.out, mesh)
-    if args.depth_out is not None:
-        args.depth_out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.depth_out, depth)
+    if depth_out is not None:
+        atomic_write(depth_out, lambda tmp: np.save(tmp, depth))
     log.info("wrote %s (%d vertices, %d faces)", args.out, len(mesh.vertices), len(mesh.faces))
     return 0

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError
-from ..fileutil import atomic_write
+from ..fileutil import atomic_write, read_text, require_file
 from ..normals import check_normals
 
 __all__ = [
@@ -178,14 +178,26 @@ def _read_info(root: Path) -> DatasetInfo:
         raise InputError(f"dataset folder {root} does not exist or is not a folder; check the "
                          f"path")
     path = root / INFO_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"{root} is not a dataset folder: {INFO_FILE} is missing; point to a "
                          f"folder written by crossmodal synth/prepare (docs/design.md §3)")
-    return DatasetInfo.from_json(path.read_text(encoding="utf-8"), str(path))
+    return DatasetInfo.from_json(read_text(path, "dataset description"), str(path))
 
 
-def _row_path(text: str, root: Path, where: str, column: str) -> Path | None:
-    """A ``samples.csv`` path cell -> ``root / path``; refuse paths leaving the folder."""
+def _real_folder(folder: Path) -> str:
+    """``folder`` with every link resolved, ending in the separator."""
+    return os.path.join(os.path.realpath(folder), "")
+
+
+def _row_path(text: str, root: Path, where: str, column: str,
+              real_folders: dict[str, str]) -> Path | None:
+    """A ``samples.csv`` path cell -> ``root / path``; refuse paths leaving the folder,
+    whether by their spelling or through a symbolic link.
+
+    ``real_folders``: a folder of the cells (as spelled) -> its path with links resolved
+    and a trailing separator, holding the root's ('') at least; filled here, so that each
+    folder is resolved once and a file only when it is a link itself.
+    """
     if not text:
         return None
     posix = text.replace("\\", "/")
@@ -193,25 +205,39 @@ def _row_path(text: str, root: Path, where: str, column: str) -> Path | None:
     if pure.is_absolute() or PureWindowsPath(text).drive or ".." in pure.parts:
         raise InputError(f"{where}: {column} path {text!r} leaves the dataset folder; paths "
                          f"must be relative to {root} without '..' (e.g. images/ID.png)")
-    return root / pure
+    path = root / pure
+    # A link (the file, or a folder on its way) may lead into another dataset, whose file a
+    # writer resuming here would then overwrite, or anywhere else on the disk.
+    folder, _, name = posix.rpartition("/")
+    if folder not in real_folders:
+        real_folders[folder] = _real_folder(root / folder)
+    real = (os.path.realpath(path) if os.path.islink(path)
+            else real_folders[folder] + name)
+    if not (real + os.sep).startswith(real_folders[""]):
+        raise InputError(f"{where}: {column} path {text!r} leads outside the dataset folder "
+                         f"through a symbolic link (to {real}); copy the file into {root} "
+                         f"instead of linking it")
+    return path
 
 
 def _read_rows(root: Path, *, check_files: bool) -> list[tuple[int, Sample]]:
     """``(line number, Sample)`` for every row of ``root/samples.csv``."""
     path = root / SAMPLES_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"{root} is not a complete dataset folder: {SAMPLES_FILE} is missing; "
                          f"re-run the producer (it resumes) to write it")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    # newline="": the csv module reads the line endings itself (quoted fields may hold them).
+    reader = csv.DictReader(StringIO(read_text(path, "dataset table"), newline=""))
+    real_folders = {"": _real_folder(root)}
+    rows: list[tuple[int, Sample]] = []
+    first_line: dict[str, int] = {}
+    try:
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header]
         unknown = [c for c in header if c not in COLUMNS]
         if missing or unknown:
             raise InputError(f"{path}: header must be {','.join(COLUMNS)}; missing "
                              f"{missing or 'none'}, unknown {unknown or 'none'}")
-        rows: list[tuple[int, Sample]] = []
-        first_line: dict[str, int] = {}
         for row in reader:
             line = reader.line_num
             ident = (row.get("id") or "").strip()
@@ -222,18 +248,23 @@ def _read_rows(root: Path, *, check_files: bool) -> list[tuple[int, Sample]]:
             if ident in first_line:
                 raise InputError(f"{where}: duplicate id, already on line {first_line[ident]}; "
                                  f"ids must be unique")
-            paths = {c: _row_path(row[c].strip(), root, where, c) for c, _, _ in _MEDIA}
+            paths = {c: _row_path(row[c].strip(), root, where, c, real_folders)
+                     for c, _, _ in _MEDIA}
             try:
                 sample = Sample(ident, row["subject"].strip(), row["split"].strip(), **paths)
+                if check_files:
+                    for column, file in paths.items():
+                        if file is not None:
+                            require_file(file, f"{column} file",
+                                         "restore it, re-run the producer or drop the row")
             except InputError as err:
                 raise InputError(f"{where}: {err}") from None
-            if check_files:
-                for column, file in paths.items():
-                    if file is not None and not file.is_file():
-                        raise InputError(f"{where}: {column} file {file} does not exist; "
-                                         f"restore it, re-run the producer or drop the row")
             first_line[ident] = line
             rows.append((line, sample))
+    except csv.Error as err:  # e.g. an unclosed quote making the rest one over-long field
+        # line_num counts the lines csv has finished; it failed on the next one.
+        raise InputError(f"{path} line {reader.line_num + 1}: {err}; fix the row "
+                         f"({SAMPLES_FILE} is comma-separated UTF-8 text)") from None
     return rows
 
 
@@ -263,7 +294,9 @@ def read_dataset(root: PathLike, *, check_files: bool = True) -> tuple[DatasetIn
         InputError: no ``dataset.json`` / ``samples.csv``, bad header, and per row (naming
             its line and id): empty id, duplicate id, unknown split, no subject, a row
             with neither image nor normals, a path leaving the folder (absolute or with
-            ``..``), a missing file; a subject in two splits.
+            ``..``, or through a symbolic link), a missing file or one that is not a
+            regular file; a subject in two splits; tables that are not UTF-8 text or that
+            cannot be read.
     """
     root = Path(root)
     info = _read_info(root)

@@ -30,8 +30,8 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
-def test_an_earlier_run_is_refused_without_resume_or_overwrite(data_root, earlier_run,
-                                                                capsys):
+def test_an_earlier_run_is_refused_without_resume_or_overwrite(
+        data_root, earlier_run, capsys):
     before = {p.name: p.read_bytes() for p in earlier_run.glob("*.pt")}
     assert set(before) == {"last.pt", "best.pt"}
     capsys.readouterr()
