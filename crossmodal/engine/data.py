@@ -15,19 +15,23 @@ disjoint contiguous shards across ranks (no padding, so every image counts once)
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import multiprocessing
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 from ..config import DataConfig
 from ..data.augment import Augment
 from ..data.dataset import FaceNormalsDataset
 from ..data.format import KINDS
+from ..data.loader import SafeDataLoader
 from ..data.resize import resize_images, resize_masks, resize_normals
 from ..errors import CrossmodalError
 from .schedule import MixedBatchSchedule
@@ -155,28 +159,56 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its
     step and checkpoints; a worker killed by a group-wide Ctrl-C or scheduler SIGTERM would
     make the main process fail ("worker exited unexpectedly") before it could save.
-    Workers still exit with the main process (they watch it)."""
+    Hence the loaders are :class:`SafeDataLoader` instances, which stop their workers
+    when iteration ends, also by an exception; SIGTERM at interpreter exit would not
+    (:func:`_kill_workers_at_exit`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_workers_at_exit() -> None:
+    """SIGKILL the loader workers still alive at interpreter exit: multiprocessing's exit
+    handler (registered when it was imported, so it runs after this one) stops daemonic
+    children with SIGTERM, which ours ignore, and would wait for them for ever.
+    :class:`SafeDataLoader` stops its workers itself; this catches what no reference reaches,
+    e.g. a worker's death that PyTorch reports while still starting the others, before the
+    iterator exists. Every daemonic child gets this (the others would only get SIGTERM)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # PyTorch's handler would raise about them
+    for process in multiprocessing.active_children():
+        if process.daemon:
+            process.kill()
+
+
+@functools.cache
+def _register_exit_kill() -> None:
+    atexit.register(_kill_workers_at_exit)
+
+
+def _worker_init(num_workers: int) -> Callable[[int], None] | None:
+    """A loader's ``worker_init_fn``: :func:`_ignore_stop_signals` (and
+    :func:`_kill_workers_at_exit` registered) when it has workers."""
+    if not num_workers:
+        return None
+    _register_exit_kill()
+    return _ignore_stop_signals
 
 
 def train_loader(
     train_set: TrainSet, schedule: MixedBatchSchedule, *, batch_size: int, rank: int,
     world_size: int, start_step: int, end_step: int, num_workers: int, pin_memory: bool,
-) -> DataLoader:
+) -> SafeDataLoader:
     """The training batches of this rank from ``start_step`` (resume just starts there)
     to ``end_step``; each is ``default_collate`` of :class:`TrainSet` items of one type."""
     sampler = StepBatchSampler(schedule, train_set.n_by_kind, batch_size=batch_size,
                                rank=rank, world_size=world_size, start_step=start_step,
                                end_step=end_step)
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory,
-                      worker_init_fn=_ignore_stop_signals if num_workers else None)
+    return SafeDataLoader(train_set, batch_sampler=sampler, num_workers=num_workers,
+                          pin_memory=pin_memory, worker_init_fn=_worker_init(num_workers))
 
 
 def val_loaders(
     data: DataConfig, *, val_batches: int, rank: int, world_size: int, pin_memory: bool,
-) -> list[DataLoader]:
+) -> list[SafeDataLoader]:
     """This rank's validation batches, one loader per ``data.val`` folder with paired
     ``data.val_split`` rows, at that folder's resolution; empty when there are none (logged).
 
@@ -201,8 +233,8 @@ def val_loaders(
             budget -= total
         shard = range(rank * total // world_size, (rank + 1) * total // world_size)
         if total:
-            loaders.append(DataLoader(
+            loaders.append(SafeDataLoader(
                 Subset(part, shard), batch_size=data.batch_size, shuffle=False,
                 num_workers=data.num_workers, pin_memory=pin_memory,
-                worker_init_fn=_ignore_stop_signals if data.num_workers else None))
+                worker_init_fn=_worker_init(data.num_workers)))
     return loaders

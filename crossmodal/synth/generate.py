@@ -1,7 +1,10 @@
 """Write a synthetic dataset in the on-disk format (docs/design.md §3), in parallel and resumably.
 
 Workers render (:func:`crossmodal.synth.sampler.render_sample`); the main process writes,
-in plan order, so the folder is byte-identical for a seed whatever the worker count.
+in plan order, so the folder is byte-identical for a seed whatever the worker count. A
+worker's exception ends the run at once, naming the sample; a worker that dies without one
+(killed, out of memory) ends it with an error, instead of leaving the pool waiting for its
+samples for ever.
 Re-running on a partial folder renders only what is missing; the generation options are
 recorded in ``synth.json`` and a re-run with other options is refused rather than mixing
 two datasets in one folder.
@@ -9,9 +12,15 @@ two datasets in one folder.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,14 +42,54 @@ OPTIONS_FILE = "synth.json"
 PREVIEW_FILE = "preview.png"
 
 
-def _render(job: tuple[PlannedSample, int, SynthConfig]) -> SynthSample:
-    return render_sample(*job)
+#: Jobs handed to the rendering pool ahead of the one written next, per worker: enough to
+#: keep every worker busy, few enough that the samples waiting to be written in plan order
+#: stay a few megabytes.
+JOBS_AHEAD = 2
+
+Job = tuple[PlannedSample, int, SynthConfig]
 
 
-def _single_threaded_blas() -> None:
+def _render(job: Job) -> SynthSample:
+    planned, seed, config = job
+    try:
+        return render_sample(planned, seed, config)
+    except Exception as err:
+        err.add_note(f"while rendering sample {planned.id} (seed {seed})")
+        raise
+
+
+def _worker_setup() -> None:
     """Rendering's matrix products are small: BLAS threads only spin, and with several
-    workers they fight over the cores (measured: 2 workers were no faster than 1)."""
+    workers they fight over the cores (measured: 2 workers were no faster than 1).
+    Ctrl-C is the main process's to handle (it stops the pool); in a worker it would only
+    print a traceback."""
     threadpool_limits(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _render_in_workers(jobs: Iterable[Job], workers: int) -> Iterator[SynthSample]:
+    """The samples of ``jobs`` in their order, rendered by ``workers`` processes, at most
+    :data:`JOBS_AHEAD` x ``workers`` jobs ahead of the one returned.
+
+    Raises:
+        concurrent.futures.process.BrokenProcessPool: a worker died without an exception.
+    """
+    jobs = iter(jobs)
+    # fork: workers inherit the loaded face model instead of re-reading it. Unlike
+    # multiprocessing.Pool, the executor notices a worker that died: its jobs fail.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_worker_setup) as pool:
+        try:
+            pending = deque(pool.submit(_render, job)
+                            for job in itertools.islice(jobs, JOBS_AHEAD * workers))
+            while pending:
+                sample = pending.popleft().result()
+                pending.extend(pool.submit(_render, job) for job in itertools.islice(jobs, 1))
+                yield sample
+        finally:
+            # On an error or Ctrl-C, wait only for the jobs already running.
+            pool.shutdown(cancel_futures=True)
 
 
 def _options(count: int, seed: int, config: SynthConfig) -> dict:
@@ -90,12 +139,15 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
         jobs = [(p, seed, config) for p in todo]
         bar = tqdm(total=len(jobs), desc="synth", unit="face", disable=not progress)
         if workers > 1 and len(jobs) > 1:
-            # fork: workers inherit the loaded face model instead of re-reading it.
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers, initializer=_single_threaded_blas) as pool:
-                for sample in pool.imap(_render, jobs, chunksize=2):
+            try:
+                for sample in _render_in_workers(jobs, workers):
                     _write(writer, sample)
                     bar.update()
+            except BrokenProcessPool:
+                raise CrossmodalError(
+                    f"a rendering worker process died without an error (killed, or out of "
+                    f"memory); the samples written to {out} so far are kept: re-run the same "
+                    f"command to complete it (with fewer --workers if memory ran out)") from None
         else:
             with threadpool_limits(1):
                 for job in jobs:
