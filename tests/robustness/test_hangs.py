@@ -92,7 +92,8 @@ def train_args(root: Path, run_dir: Path, *overrides: str) -> list[str]:
             f"run_dir={run_dir}", "data.num_workers=2", *overrides]
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
+# The validation loader shares the training loader's class: its case runs with -m slow.
+@pytest.mark.parametrize("split", ["train", pytest.param("val", marks=pytest.mark.slow)])
 def test_a_corrupt_image_read_by_a_loader_worker_ends_train(faces, tmp_path, split):
     """Training batches (split train) and validation batches (val) are read by two
     workers; the corrupt image ends the run with status 2 and one line naming the sample
@@ -165,6 +166,7 @@ def train_after(faces: Path, tmp_path: Path, setup: str) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
+@pytest.mark.slow  # a train subprocess (~5 s); the default run keeps two
 def test_a_bug_in_a_loader_worker_ends_train_with_its_traceback(faces, tmp_path):
     """Not a user mistake: the worker's traceback is shown, and the run ends (before the fix:
     it then waited for its workers for ever)."""
@@ -196,6 +198,7 @@ def test_a_killed_loader_worker_ends_train(faces, tmp_path):
                      r"Killed|exited unexpectedly)", stderr), stderr
 
 
+@pytest.mark.slow  # a train subprocess (~5 s); the default run keeps two
 def test_a_failure_while_the_loader_starts_ends_train(faces, tmp_path):
     """A worker's death can be reported while PyTorch is still building the loader's
     iterator (an error from its ``_reset``, simulated here), which then never reaches the
