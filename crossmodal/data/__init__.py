@@ -4,7 +4,10 @@
   :class:`DatasetWriter` and :func:`read_dataset`, what every producer writes and every
   consumer reads;
 - :mod:`crossmodal.data.augment`: normal-aware flips, rotations and photometric jitter;
-- :mod:`crossmodal.data.dataset`: :class:`FaceNormalsDataset`, a torch ``Dataset``.
+- :mod:`crossmodal.data.dataset`: :class:`FaceNormalsDataset`, a torch ``Dataset``;
+- :mod:`crossmodal.data.resize`: resizing crops, normal maps and masks;
+- :mod:`crossmodal.data.loader`: :class:`SafeDataLoader`, a ``DataLoader`` whose workers
+  never outlive a failure.
 """
 
 from importlib import import_module
