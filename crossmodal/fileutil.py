@@ -5,6 +5,7 @@ traceback."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import uuid
@@ -21,6 +22,7 @@ __all__ = [
     "load_torch_file",
     "open_for_reading",
     "read_text",
+    "remove_temporaries",
     "require_file",
 ]
 
@@ -36,6 +38,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Named so that remove_temporaries recognises it (_TEMPORARY) after a killed run.
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         write(tmp)
@@ -43,6 +46,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+#: The name :func:`atomic_write` gives its temporary file: ``.{stem}.{12 hex}.tmp{suffix}``.
+_TEMPORARY = re.compile(r"\..*\.[0-9a-f]{12}\.tmp(\.[^.]*)?")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that an :func:`atomic_write` killed before its rename
+    left in ``folder`` (not in its sub-folders); returns them. Resumable commands call it
+    on start, when no write of theirs is under way.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def check_output(path: str | os.PathLike, *,

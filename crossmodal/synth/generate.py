@@ -5,9 +5,12 @@ in plan order, so the folder is byte-identical for a seed whatever the worker co
 worker's exception ends the run at once, naming the sample; a worker that dies without one
 (killed, out of memory) ends it with an error, instead of leaving the pool waiting for its
 samples for ever.
-Re-running on a partial folder renders only what is missing; the generation options are
-recorded in ``synth.json`` and a re-run with other options is refused rather than mixing
-two datasets in one folder.
+Re-running on a partial folder renders only what is missing or damaged (files that do not
+decode are rendered again, temporaries of interrupted writes are removed); the generation
+options are recorded in ``synth.json`` and a re-run with other options, or into a folder
+holding a dataset that synth did not write, is refused before rendering rather than mixing
+two datasets in one folder. ``workers`` defaults to the cores available and is capped there
+and at the samples left: more processes would only wait.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,9 +33,9 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .. import __version__, io, viz
-from ..data.format import DatasetInfo, DatasetWriter
+from ..data.format import INFO_FILE, DatasetInfo, DatasetWriter
 from ..errors import CrossmodalError
-from ..fileutil import atomic_write
+from ..fileutil import atomic_write, check_output, read_text
 from .sampler import PlannedSample, SynthConfig, SynthSample, plan_dataset, render_sample
 
 __all__ = ["contact_sheet", "generate"]
@@ -96,34 +100,68 @@ def _options(count: int, seed: int, config: SynthConfig) -> dict:
     return {"count": count, "seed": seed, "config": json.loads(json.dumps(asdict(config)))}
 
 
-def _check_options(out: Path, options: dict) -> None:
+def _check_folder(out: Path, options: dict) -> None:
+    """Refuse, before anything is written, an ``out`` holding another dataset: one synth
+    did not write (synth writes ``synth.json`` before ``dataset.json``), or one generated
+    with other ``options``."""
     path = out / OPTIONS_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != options:
-            raise CrossmodalError(
-                f"{out} was generated with other options ({path}: count {old.get('count')}, "
-                f"seed {old.get('seed')}); re-run with the same options to complete it, or "
-                f"choose a new --out")
-    else:
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(options, indent=2) + "\n"))
+    if not path.exists():
+        if (out / INFO_FILE).exists():
+            raise CrossmodalError(f"--out {out} holds a dataset not written by synth "
+                                  f"({INFO_FILE} without {OPTIONS_FILE}); choose a new --out")
+        return
+    try:
+        old = json.loads(read_text(path, "synth options"))
+    except json.JSONDecodeError as err:
+        raise CrossmodalError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
+                              f"delete the folder {out} or choose a new --out") from None
+    if old != options:
+        found = (f"count {old.get('count')}, seed {old.get('seed')}" if isinstance(old, dict)
+                 else "not synth options")
+        raise CrossmodalError(
+            f"{out} was generated with other options ({path}: {found}); re-run with the "
+            f"same options to complete it, or choose a new --out")
+
+
+def _pool_size(workers: int | None, jobs: int) -> int:
+    """Rendering processes for ``jobs`` samples: ``workers`` (default: the cores this
+    process may run on) capped at those cores and at ``jobs``, with a note when capped."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+    useful = max(1, min(cores, jobs))
+    if workers is None:
+        return useful
+    if workers > useful and jobs:
+        log.info("--workers %d capped to %d (%d sample%s to render, %d cores available)",
+                 workers, useful, jobs, "" if jobs == 1 else "s", cores)
+    return min(workers, useful)
 
 
 def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig | None = None,
-             workers: int = 1, preview: bool = False, progress: bool = True) -> Path:
+             workers: int | None = None, preview: bool = False,
+             progress: bool = True) -> Path:
     """Render ``count`` faces into the dataset folder ``out``; returns ``out``.
 
     Args:
         seed: everything random derives from it (and the sample index).
-        workers: rendering processes (1 renders in this process).
+        workers: rendering processes (1 renders in this process); default: the cores
+            available. Capped at those and at the samples left to render.
         preview: also write ``preview.png``, a contact sheet of the first dozen samples.
     """
     out = Path(out)
     config = config or SynthConfig()
     if count < 1:
         raise CrossmodalError(f"--count must be at least 1, got {count}")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_options(out, _options(count, seed, config))
+    if seed < 0:  # numpy's SeedSequence takes any non-negative integer
+        raise CrossmodalError(f"--seed must be a non-negative integer, got {seed}")
+    if workers is not None and workers < 1:
+        raise CrossmodalError(f"--workers must be at least 1, got {workers}")
+    check_output(out, inputs={}, what="--out", kind="folder")
+    options = _options(count, seed, config)
+    _check_folder(out, options)
+    if not (out / OPTIONS_FILE).exists():
+        atomic_write(out / OPTIONS_FILE,
+                     lambda tmp: tmp.write_text(json.dumps(options, indent=2) + "\n"))
     info = DatasetInfo(
         name=out.name, source="synthetic faces rendered from ICT-FaceKit Light",
         license="MIT (face model: ICT-FaceKit, USC ICT; see crossmodal/assets/ict_face_light)",
@@ -138,7 +176,8 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
                      len(todo))
         jobs = [(p, seed, config) for p in todo]
         bar = tqdm(total=len(jobs), desc="synth", unit="face", disable=not progress)
-        if workers > 1 and len(jobs) > 1:
+        workers = _pool_size(workers, len(jobs))
+        if workers > 1:
             try:
                 for sample in _render_in_workers(jobs, workers):
                     _write(writer, sample)

@@ -1,0 +1,120 @@
+"""``crossmodal synth`` on a partial or foreign folder and with out-of-range arguments
+(issue 10, classes 2, 4 and 6): a damaged file of a row counted as done is rendered again,
+temporaries left by a killed write are removed, ``--workers`` follows the cores, and a
+folder holding another dataset, or a file, is refused before anything is rendered."""
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crossmodal.cli import build_parser, main
+from crossmodal.data.format import DatasetInfo, DatasetWriter
+from crossmodal.synth.generate import generate
+from crossmodal.synth.sampler import SynthConfig
+
+# Every identity paired, so that every row has an image, a normal map and a mask.
+SMALL = replace(SynthConfig(), size=64, kind_weights=(1.0, 0.0, 0.0))
+COUNT = 6
+
+
+def folder_digest(root):
+    """Every file's bytes (hidden ones too), by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """An uninterrupted run, in a folder named ``synth`` like the copies (the name is
+    recorded in dataset.json)."""
+    return generate(tmp_path_factory.mktemp("whole") / "synth", COUNT, config=SMALL,
+                    progress=False)
+
+
+@pytest.fixture
+def part(whole, tmp_path):
+    return shutil.copytree(whole, tmp_path / "synth")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_damaged_files_of_done_rows_are_rendered_again(whole, part):
+    image, normals, mask = (part / "images/synth_000001.png", part / "normals/synth_000002.exr",
+                            part / "masks/synth_000003.png")
+    image.write_bytes(image.read_bytes()[:len(image.read_bytes()) // 2])  # truncated
+    normals.write_bytes(normals.read_bytes()[:100])
+    mask.write_bytes(b"")
+    generate(part, COUNT, config=SMALL, progress=False)
+    assert folder_digest(part) == folder_digest(whole)
+
+
+def test_leftover_temporaries_of_a_killed_write_are_removed(whole, part):
+    # Names as fileutil.atomic_write makes them, in the dataset folder and a media folder.
+    (part / ".samples.0123456789ab.tmp.csv").write_text("id,subj")
+    (part / "images/.synth_000004.abcdef012345.tmp.png").write_bytes(b"\x89PNG")
+    keep = part / "images/.notes"  # not a temporary: the user's, left alone
+    keep.write_text("mine")
+    generate(part, COUNT, config=SMALL, progress=False)
+    digest = folder_digest(part)
+    assert digest.pop("images/.notes") and digest == folder_digest(whole)
+
+
+def test_workers_default_to_the_available_cores():
+    args = build_parser().parse_args(["synth", "--out", "x", "--count", "1"])
+    assert args.workers is None  # resolved to len(os.sched_getaffinity(0)) by generate
+
+
+def test_workers_beyond_the_samples_left_are_capped_with_a_note(whole, part, caplog):
+    os.unlink(part / "images/synth_000005.png")  # one sample left to render
+    with caplog.at_level(logging.INFO, logger="crossmodal.synth.generate"):
+        generate(part, COUNT, config=SMALL, workers=64, progress=False)
+    assert "--workers 64 capped to 1 (1 sample to render" in caplog.text
+    assert folder_digest(part) == folder_digest(whole)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--count", "0"], "--count must be at least 1, got 0"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+])
+def test_out_of_range_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    args = ["synth", "--out", str(tmp_path / "x"), "--count", "2", "--size", "64", *argv]
+    assert main(args) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_holding_another_dataset_is_refused_before_rendering(tmp_path, capsys):
+    other = tmp_path / "faces"
+    info = DatasetInfo(name="faces", source="my scans", license="mine", image_size=64,
+                       crop="none", created_by="my converter")
+    with DatasetWriter(other, info) as writer:
+        writer.add("a", "s1", "train", image=np.zeros((64, 64, 3)))
+    before = folder_digest(other)
+    assert main(["synth", "--out", str(other), "--count", "2", "--size", "64"]) == 2
+    err = one_line_error(capsys)
+    assert f"--out {other} holds a dataset not written by synth" in err
+    assert folder_digest(other) == before
+
+
+def test_a_folder_with_unreadable_synth_options_is_refused(whole, part, capsys):
+    (part / "synth.json").write_text("{not json")
+    assert main(["synth", "--out", str(part), "--count", str(COUNT), "--size", "64"]) == 2
+    assert f"{part / 'synth.json'} is not valid JSON" in one_line_error(capsys)
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "data.txt"
+    out.write_text("mine")
+    assert main(["synth", "--out", str(out), "--count", "2", "--size", "64"]) == 2
+    assert f"--out {out} is an existing file, not a folder" in one_line_error(capsys)
+    assert out.read_text() == "mine"
