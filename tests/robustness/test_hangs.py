@@ -180,6 +180,7 @@ def test_a_bug_in_a_loader_worker_ends_train_with_its_traceback(faces, tmp_path)
     assert "in broken\nZeroDivisionError: division by zero" in stderr  # the worker's
 
 
+@pytest.mark.slow  # ~10 s (PyTorch's 5 s worker-status interval); -m slow runs it
 def test_a_killed_loader_worker_ends_train(faces, tmp_path):
     """A loader worker killed without an exception (as the out-of-memory killer does) is
     reported by PyTorch, naming it, and the run ends (before the fix: when the death was
