@@ -229,9 +229,7 @@ def load_torch_file(path: str | os.PathLike, *, what: str, fix: str) -> Any:
     # data.format) do not load torch.
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise CrossmodalError(f"{what} {path} not found; {fix}")
+    path = require_file(path, what, fix)  # missing, a broken link, a folder: said as such
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and EOF errors alike: the file is not usable

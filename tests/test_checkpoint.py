@@ -165,8 +165,10 @@ def test_a_bare_state_dict_points_to_import_official(tmp_path):
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "none.pt"
-    with pytest.raises(CrossmodalError, match=re.escape(f"checkpoint {missing} not found")):
+    with pytest.raises(CrossmodalError, match=re.escape(f"checkpoint {missing} does not exist")):
         load_checkpoint(missing)
+    with pytest.raises(CrossmodalError, match=re.escape(f"checkpoint {tmp_path} is a folder")):
+        load_checkpoint(tmp_path)
 
 
 def test_newer_format_is_refused(tmp_path):
