@@ -17,7 +17,7 @@ import sys
 import traceback
 
 from . import __version__
-from .errors import CrossmodalError
+from .errors import CrossmodalError, loader_worker_death
 
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``KEY=VALUE`` overrides may also follow the
+    options (``crossmodal train EXP.yaml --resume train.max_steps=2600``): argparse ends a
+    ``nargs="*"`` positional at the first option, and its ``parse_intermixed_args`` does
+    not support subcommands."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in item and not item.startswith("-") for item in extras):
+        args.overrides += extras
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -52,7 +66,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     setup_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args) or 0)
@@ -65,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         # a folder is meant, a full disk) is the user's to fix, whichever call met it.
         return _user_error(f"{exc.filename}: {exc.strerror or exc}; check the path, its "
                            f"folder and their permissions", args.verbose)
+    except RuntimeError as exc:
+        death = loader_worker_death(exc)
+        if death is None:
+            raise  # a bug, with its traceback
+        return _user_error(str(death), args.verbose)
     except KeyboardInterrupt:
         print("crossmodal: interrupted", file=sys.stderr)
         return 130

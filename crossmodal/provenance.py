@@ -1,13 +1,15 @@
-"""Which code produced a result: the git commit of the repository holding this package,
-recorded in run directories (``git.txt``) and checkpoints (``git_commit``)."""
+"""How a result was produced: the git commit of the repository holding this package,
+recorded in run directories (``git.txt``) and checkpoints (``git_commit``), and what
+changed between two recorded settings (a resumed run, a re-run of ``synth``)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-__all__ = ["GitState", "git_state"]
+__all__ = ["GitState", "git_state", "settings_changes"]
 
 _TIMEOUT_S = 30
 
@@ -51,3 +53,28 @@ def git_state(*, work_tree: bool = True) -> GitState:
     except (OSError, subprocess.SubprocessError):
         return GitState(None, None)
     return GitState(commit, None if status.returncode else bool(status.stdout.strip()))
+
+
+def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any],
+                     names: Mapping[str, str] | None = None) -> list[str]:
+    """``["train.max_steps 1400 (now 2600)", ...]``: the leaves of the nested settings
+    ``old`` that ``new`` changes, adds (``unset (now V)``) or drops (``V (now unset)``), in
+    ``new``'s order then ``old``'s; ``names`` renames dotted keys, e.g. to the command-line
+    option behind them."""
+    old, new, names = _leaves(old), _leaves(new), names or {}
+    keys = list(new) + [k for k in old if k not in new]
+    return [f"{names.get(k, k)} {old.get(k, 'unset')} (now {new.get(k, 'unset')})"
+            for k in keys if old.get(k, _UNSET) != new.get(k, _UNSET)]
+
+
+_UNSET = object()
+
+
+def _leaves(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    leaves = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves

@@ -208,9 +208,13 @@ def test_crossmodal_train_command(data_root, tmp_path, capsys):
     assert main(args) == 0
     assert load_checkpoint(run / "last.pt")["step"] == 2
     assert "max_steps: 2" in (run / "config.yaml").read_text()
-    assert main([*args[:-2], "train.max_steps=3", "--resume"]) == 0
+    # The overrides may follow the options; the settings that differ are said.
+    assert main([*args[:-2], "--resume", "train.max_steps=3"]) == 0
     assert load_checkpoint(run / "last.pt")["step"] == 3
-    assert capsys.readouterr().out == ""
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert (f"{run}: resuming after step 2 with changed settings: train.max_steps 2 (now 3); "
+            f"train.val_every 0 (now ") in err
     assert main(["-q", "train", str(path), f"run_dir={tmp_path / 'none'}", "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 

@@ -75,8 +75,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..image_size import check_image_size
     from ..io import IMAGE_SUFFIXES, write_image
 
-    if args.batch_size < 1 or args.workers < 0:
-        raise CrossmodalError("--batch-size must be at least 1 and --workers at least 0")
+    for option, value, least in (("--batch-size", args.batch_size, 1),
+                                 ("--workers", args.workers, 0),
+                                 ("--panel-count", args.panel_count, 0)):
+        if value < least:
+            raise CrossmodalError(f"{option} must be at least {least}, got {value}")
     if args.image_size is not None:
         check_image_size(args.image_size, "--image-size", "use")
     # Outputs are checked before the (long) evaluation rather than when they are written.

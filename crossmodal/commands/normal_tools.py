@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry, io, viz
-from ..errors import InputError
+from ..errors import CrossmodalError, InputError
 from ..fileutil import atomic_write, check_output
 from ..normals import CONVENTIONS
 
@@ -126,6 +126,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_relight(args: argparse.Namespace) -> int:
+    if args.views < 1:
+        raise CrossmodalError(f"--views must be at least 1, got {args.views}")
     inputs = _inputs(args, "albedo")
     check_output(args.out, inputs=inputs, what="--out", kind="folder")
     names = [f"relit_{k}.png" for k in range(args.views)] + ["panel.png"]

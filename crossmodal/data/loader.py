@@ -9,7 +9,8 @@ happens when a worker is killed (the out-of-memory killer): PyTorch detects it a
 :class:`SafeDataLoader` shuts its workers down as soon as iteration ends for any reason,
 and re-raises a user's mistake found by a worker (a
 :class:`~crossmodal.errors.CrossmodalError`, e.g. a corrupt image: its message names the
-sample and the file) with the worker's own one-line message. (What no iterator reaches,
+sample and the file) with the worker's own one-line message, and a worker's death as a
+one-line :class:`~crossmodal.errors.CrossmodalError`. (What no iterator reaches,
 training stops at exit: :func:`crossmodal.engine.data._kill_workers_at_exit`.)
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from ..errors import CrossmodalError
+from ..errors import CrossmodalError, loader_worker_death
 
 __all__ = ["SafeDataLoader", "worker_message"]
 
@@ -39,7 +40,8 @@ class SafeDataLoader(DataLoader):
     processes down when it ends for any reason (exhausted, an exception in a worker, in
     PyTorch's worker monitoring or in the loop consuming it, or abandoned), and raises a
     :class:`~crossmodal.errors.CrossmodalError` from a worker as the worker's one-line
-    message (the worker's traceback is its ``__cause__``)."""
+    message (the worker's traceback is its ``__cause__``), and the death of a worker
+    (killed, out of memory) as a :class:`~crossmodal.errors.CrossmodalError` saying so."""
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
@@ -50,6 +52,11 @@ class SafeDataLoader(DataLoader):
             if message == str(err):
                 raise  # raised in this process: as it is
             raise type(err)(message) from err
+        except RuntimeError as err:
+            death = loader_worker_death(err)
+            if death is None:
+                raise
+            raise death from err
         finally:
             # Only multi-process iterators have workers. Not left to garbage collection:
             # the exception on its way out references the iterator (module docstring).

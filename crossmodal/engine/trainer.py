@@ -44,6 +44,7 @@ from ..config import AMP_MODES, ExperimentConfig, config_to_dict, save_run_confi
 from ..device import resolve_device
 from ..errors import CrossmodalError
 from ..models import CrossModalNet
+from ..provenance import settings_changes
 from . import distributed
 from .data import TrainSet, train_loader
 from .guard import FiniteLossGuard
@@ -234,6 +235,12 @@ class Trainer:
         self.step = state["step"]
         self.best = state["metrics"].get("best")
         self.last_val = state["metrics"].get("val", {})
+        # Allowed (longer schedules, a lower rate after a divergence), but said: the run
+        # directory's config.yaml then records only the settings of the latest part.
+        changes = settings_changes(checkpoint["config"], config_to_dict(self.config))
+        if changes and self.is_main:
+            log.warning("%s: resuming after step %d with changed settings: %s", self.run_dir,
+                        self.step, "; ".join(changes))
 
     def _wrap_for_ddp(self) -> nn.Module:
         """DDP around the network when several processes train. Each route uses a subset

@@ -9,8 +9,9 @@ Re-running on a partial folder renders only what is missing or damaged (files th
 decode are rendered again, temporaries of interrupted writes are removed); the generation
 options are recorded in ``synth.json`` and a re-run with other options, or into a folder
 holding a dataset that synth did not write, is refused before rendering rather than mixing
-two datasets in one folder. ``workers`` defaults to the cores available and is capped there
-and at the samples left: more processes would only wait.
+two datasets in one folder (a folder without a finished sample starts afresh instead).
+``workers`` defaults to the cores available and is capped there and at the samples left:
+more processes would only wait.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .. import __version__, io, viz
-from ..data.format import INFO_FILE, DatasetInfo, DatasetWriter
+from ..data.format import INFO_FILE, SAMPLES_FILE, DatasetInfo, DatasetWriter
 from ..errors import CrossmodalError
 from ..fileutil import atomic_write, check_output, read_text
+from ..provenance import settings_changes
 from .sampler import PlannedSample, SynthConfig, SynthSample, plan_dataset, render_sample
 
 __all__ = ["contact_sheet", "generate"]
@@ -100,10 +102,27 @@ def _options(count: int, seed: int, config: SynthConfig) -> dict:
     return {"count": count, "seed": seed, "config": json.loads(json.dumps(asdict(config)))}
 
 
+#: The command-line option behind each generation setting, for messages.
+_OPTION_NAMES = {"count": "--count", "seed": "--seed", "config.size": "--size",
+                 "config.samples_per_subject": "--per-subject",
+                 "config.kind_weights": "--kinds", "config.val_fraction": "--val",
+                 "config.test_fraction": "--test"}
+
+
+def _finished_rows(out: Path) -> int:
+    path = out / SAMPLES_FILE
+    if not path.is_file():
+        return 0
+    lines = [line for line in read_text(path, "sample list").splitlines() if line.strip()]
+    return max(0, len(lines) - 1)  # less the header
+
+
 def _check_folder(out: Path, options: dict) -> None:
     """Refuse, before anything is written, an ``out`` holding another dataset: one synth
     did not write (synth writes ``synth.json`` before ``dataset.json``), or one generated
-    with other ``options``."""
+    with other ``options`` that has finished samples. One without any (stopped before its
+    first sample was saved) is started again with the new ``options``, so a run begun with
+    a wrong option and stopped at once does not block the corrected one."""
     path = out / OPTIONS_FILE
     if not path.exists():
         if (out / INFO_FILE).exists():
@@ -115,12 +134,18 @@ def _check_folder(out: Path, options: dict) -> None:
     except json.JSONDecodeError as err:
         raise CrossmodalError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
                               f"delete the folder {out} or choose a new --out") from None
-    if old != options:
-        found = (f"count {old.get('count')}, seed {old.get('seed')}" if isinstance(old, dict)
-                 else "not synth options")
+    if old == options:
+        return
+    found = (", ".join(settings_changes(old, options, _OPTION_NAMES))
+             if isinstance(old, dict) else "not synth options")
+    if _finished_rows(out):
         raise CrossmodalError(
             f"{out} was generated with other options ({path}: {found}); re-run with the "
-            f"same options to complete it, or choose a new --out")
+            f"same options to complete it, delete the folder, or choose a new --out")
+    log.info("%s: no sample was finished with its earlier options (%s); starting afresh",
+             out, found)
+    for name in (OPTIONS_FILE, INFO_FILE, SAMPLES_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _pool_size(workers: int | None, jobs: int) -> int:

@@ -4,6 +4,7 @@ temporaries left by a killed write are removed, ``--workers`` follows the cores,
 folder holding another dataset, or a file, is refused before anything is rendered."""
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -12,8 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from crossmodal import io
 from crossmodal.cli import build_parser, main
-from crossmodal.data.format import DatasetInfo, DatasetWriter
+from crossmodal.data.format import DatasetInfo, DatasetWriter, read_dataset
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig
 
@@ -118,3 +120,29 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert main(["synth", "--out", str(out), "--count", "2", "--size", "64"]) == 2
     assert f"--out {out} is an existing file, not a folder" in one_line_error(capsys)
     assert out.read_text() == "mine"
+
+
+def test_a_run_stopped_before_its_first_sample_does_not_block_the_corrected_one(
+        whole, part, capsys):
+    """A run begun with a wrong option and stopped before any sample was saved leaves
+    synth.json and dataset.json behind; the re-run with the corrected options starts the
+    folder afresh (before the fix: refused as "generated with other options")."""
+    (part / "samples.csv").unlink()  # what a run killed before its first flush leaves
+    corrected = ["synth", "--out", str(part), "--count", "2", "--size", "32", "--workers", "1"]
+    assert main(["-q", *corrected]) == 0
+    info, samples = read_dataset(part)
+    assert info.image_size == 32 and [s.id for s in samples] == ["synth_000000",
+                                                                 "synth_000001"]
+    assert all(io.read_image(s.image).shape == (32, 32, 3) for s in samples if s.image)
+    assert json.loads((part / "synth.json").read_text())["config"]["size"] == 32
+
+
+def test_a_folder_with_finished_samples_of_other_options_names_the_differences(
+        whole, part, capsys):
+    before = folder_digest(part)
+    assert main(["synth", "--out", str(part), "--count", "8", "--size", "32", "--kinds",
+                 "1,0,0"]) == 2
+    assert (f"{part} was generated with other options ({part / 'synth.json'}: --count 6 "
+            f"(now 8), --size 64 (now 32)); re-run with the same options to complete it, "
+            f"delete the folder, or choose a new --out") in one_line_error(capsys)
+    assert folder_digest(part) == before
