@@ -148,11 +148,17 @@ def _check_folder(out: Path, options: dict) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _pool_size(workers: int | None, jobs: int) -> int:
     """Rendering processes for ``jobs`` samples: ``workers`` (default: the cores this
     process may run on) capped at those cores and at ``jobs``, with a note when capped."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        os.cpu_count() or 1
+    cores = available_cores()
     useful = max(1, min(cores, jobs))
     if workers is None:
         return useful

@@ -256,8 +256,14 @@ def test_a_killed_synth_worker_ends_synth(tmp_path):
     line saying so and how to continue (before the fix: the pool waited for ever for the
     killed worker's samples); a re-run completes the folder."""
     out = tmp_path / "faces"
-    args = ["synth", "--out", str(out), "--count", "400", "--size", "64", "--workers", "2"]
-    process = subprocess.Popen([sys.executable, "-m", "crossmodal", "-q", *args],
+    args = ["-q", "synth", "--out", str(out), "--count", "400", "--size", "64", "--workers",
+            "2"]
+    script = ("import sys\n"
+              "import crossmodal.synth.generate as generate\n"
+              "generate.available_cores = lambda: 2  # a pool of two even on one core\n"
+              "from crossmodal.cli import main\n"
+              f"sys.exit(main({args!r}))\n")
+    process = subprocess.Popen([sys.executable, "-c", script],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     kill_a_worker(process, 2)
     status, stderr = wait(process, "synth with a killed worker")
@@ -278,6 +284,7 @@ def test_an_exception_in_a_synth_worker_names_the_sample(tmp_path, monkeypatch):
 
     render_sample = module.render_sample
     monkeypatch.setattr(module, "render_sample", render)
+    monkeypatch.setattr(module, "available_cores", lambda: 2)  # a pool, even on one core
     with pytest.raises(ValueError, match="injected failure") as info:
         generate(tmp_path / "faces", 6, workers=2, progress=False,
                  config=replace(SynthConfig(), size=64))
