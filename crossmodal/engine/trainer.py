@@ -43,6 +43,7 @@ from ..checkpoint.training import load_weights, restore_training_state, save_tra
 from ..config import AMP_MODES, ExperimentConfig, config_to_dict, save_run_config
 from ..device import resolve_device
 from ..errors import CrossmodalError
+from ..fileutil import check_output
 from ..models import CrossModalNet
 from ..provenance import settings_changes
 from . import distributed
@@ -138,6 +139,7 @@ class Trainer:
         if resume and overwrite:
             raise CrossmodalError("--resume continues the run in run_dir and --overwrite "
                                   "deletes it: give one of them")
+        self._check_run_dir_is_no_input()
         if not resume:
             self._claim_run_dir(overwrite)
         checkpoint = self._checkpoint_to_resume() if resume else None
@@ -158,6 +160,17 @@ class Trainer:
         self._log_setup(resumed=checkpoint is not None)
 
     # ------------------------------------------------------------------ set-up steps
+
+    def _check_run_dir_is_no_input(self) -> None:
+        """A run directory that is, or lies inside, a dataset folder the run reads, or is
+        its ``train.init_from`` checkpoint, is refused before anything (``--overwrite``
+        included) touches it; so is one that cannot be written."""
+        data = self.config.data
+        folders = [Path(data.root) / Path(p).expanduser()
+                   for p in (*data.paired, *data.image, *data.normal, *data.val)]
+        check_output(self.run_dir, what="run_dir", kind="folder",
+                     inputs={"the dataset folder": folders,
+                             "the train.init_from checkpoint": self.config.train.init_from})
 
     def _claim_run_dir(self, overwrite: bool) -> None:
         """Refuse a run directory holding an earlier run's checkpoints unless told to

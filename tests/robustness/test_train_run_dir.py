@@ -1,6 +1,7 @@
 """`crossmodal train` never loses an earlier run: a run directory holding checkpoints needs
 --resume or --overwrite, and an unwritable one fails before any training."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,6 @@ def test_an_earlier_run_is_refused_without_resume_or_overwrite(
 
 def test_overwrite_starts_afresh_and_resume_with_overwrite_is_refused(data_root, earlier_run,
                                                                       tmp_path, capsys):
-    import shutil
-
     from crossmodal.checkpoint import load_checkpoint
 
     run = tmp_path / "again"
@@ -64,5 +63,25 @@ def test_an_unwritable_run_dir_fails_before_training(data_root, tmp_path, capsys
     blocker.write_text("not a folder")
     assert train(data_root, blocker / "run") == 2
     line = one_error_line(capsys)
-    assert f"cannot write the run directory {blocker / 'run'}" in line
-    assert "set a writable run_dir" in line
+    assert f"run_dir {blocker / 'run'}: {blocker} is a file, not a folder" in line
+    assert "choose another run_dir" in line
+
+
+@pytest.mark.parametrize("where", ["synth", "synth/runs/x"])
+def test_a_run_dir_in_a_dataset_folder_is_refused_before_anything(data_root, tmp_path,
+                                                                  capsys, where):
+    """The run's files (and ``--overwrite``'s deletions) never land among the dataset's."""
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "synth", data / "synth")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert train(data, data / where, "--overwrite") == 2
+    line = one_error_line(capsys)
+    assert f"run_dir {data / where} is" in line and f"the dataset folder {data / 'synth'}" in line
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_a_run_dir_that_is_the_init_from_checkpoint_is_refused(data_root, earlier_run,
+                                                               capsys):
+    checkpoint = earlier_run / "last.pt"
+    assert train(data_root, checkpoint, f"train.init_from={checkpoint}") == 2
+    assert f"is the train.init_from checkpoint {checkpoint}" in one_error_line(capsys)
