@@ -61,6 +61,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "read_normals",
+    "read_photo",
     "write_image",
     "write_mask",
     "write_normals",
@@ -171,9 +172,26 @@ def _raster_size(file: BinaryIO) -> tuple[int, int] | None:
         file.seek(length - len(field), os.SEEK_CUR)
 
 
-def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None) -> np.ndarray:
+#: OpenCV's flags decoding a JPEG at 1/2, 1/4 or 1/8 of its size: libjpeg scales the DCT
+#: blocks, so the whole-size image is never in memory (for PNG they decode it all first).
+_JPEG_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _jpeg_reduction(width: int, height: int, max_pixels: int | None) -> int:
+    """The smallest of 1, 2, 4, 8 that brings a ``width`` x ``height`` JPEG within
+    :func:`max_image_pixels` (1 when it already is; 8 even when that is not enough, which
+    :func:`_check_pixels` then refuses)."""
+    limit = max_image_pixels(max_pixels)
+    return next((f for f in (1, 2, 4, 8) if -(-width // f) * -(-height // f) <= limit), 8)
+
+
+def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None, *,
+                   reduce: bool = False) -> tuple[np.ndarray, int]:
     """Decode a PNG or JPEG file with OpenCV once the size its header declares is within
-    :func:`max_image_pixels`; channels stay in OpenCV's BGR(A) order."""
+    :func:`max_image_pixels`; channels stay in OpenCV's BGR(A) order. With ``reduce``, a JPEG
+    above the limit is decoded at 1/2, 1/4 or 1/8 of its size instead (colour, 8-bit, EXIF
+    orientation applied). Returns the image and that factor (1: full size)."""
     with open_for_reading(path, what) as file:
         start = file.read(len(_PNG_SIGNATURE))
         if not start.startswith((_PNG_SIGNATURE, _JPEG_START)):
@@ -182,7 +200,15 @@ def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None) ->
         file.seek(0)
         size = _raster_size(file)
         if size is not None and 0 not in size:
-            _check_pixels(path, what, *size, max_pixels)
+            factor = (_jpeg_reduction(*size, max_pixels)
+                      if reduce and start.startswith(_JPEG_START) else 1)
+            _check_pixels(path, what, -(-size[0] // factor), -(-size[1] // factor),
+                          max_pixels)
+            if factor > 1:
+                flags = _JPEG_REDUCED[factor]
+                logger.info("%s is %dx%d, above the limit of %s pixels: decoded at 1/%d of "
+                            "its size", path, *size, f"{max_image_pixels(max_pixels):,}",
+                            factor)
             file.seek(0)
             # imdecode on the bytes (rather than imread) handles non-ASCII paths on every OS.
             data = np.frombuffer(file.read(), dtype=np.uint8)
@@ -196,7 +222,7 @@ def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None) ->
                                      f"lower {MAX_PIXELS_ENV} below it") from None
                 image = None  # other malformed data: OpenCV raises where it used to return None
             if image is not None:
-                return image
+                return image, factor
     raise InputError(f"cannot read {what} {path}: truncated or corrupt; re-export it as PNG "
                      f"or JPEG")
 
@@ -271,8 +297,24 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     path = Path(path)
     # IMREAD_COLOR | ANYDEPTH gives 3-channel BGR at the file's bit depth: OpenCV replicates
     # grey, drops alpha and applies EXIF orientation (IMREAD_UNCHANGED would ignore it).
-    bgr = _decode_raster(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, "image", max_pixels)
+    bgr, _ = _decode_raster(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, "image", max_pixels)
     return np.ascontiguousarray(_to_unit_float(bgr, path)[..., ::-1])
+
+
+def read_photo(path: PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a photo like :func:`read_image` (float32 RGB ``(H, W, 3)`` in [0, 1], upright by
+    its EXIF orientation; grey, alpha and 16-bit handled), except that a JPEG above the
+    pixel limit is decoded at 1/2, 1/4 or 1/8 of its size, never whole, rather than refused
+    (a camera's 100-megapixel JPEG still gives a usable face); a PNG above it is refused.
+
+    Returns:
+        ``(image, factor)``: the image and how many times smaller than the file it is
+        (1, 2, 4 or 8); photo pixel ``(x, y)`` is file pixel ``(x, y) * factor`` roughly.
+    """
+    path = Path(path)
+    bgr, factor = _decode_raster(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, "photo",
+                                 max_pixels, reduce=True)
+    return np.ascontiguousarray(_to_unit_float(bgr, path)[..., ::-1]), factor
 
 
 def write_image(path: PathLike, image: np.ndarray, *, bits: int = 8) -> Path:
@@ -309,7 +351,7 @@ def read_mask(path: PathLike, shape: tuple[int, ...] | None = None, *,
     ``max_pixels``: the largest width x height decoded (:func:`max_image_pixels`).
     """
     path = Path(path)
-    raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "mask", max_pixels)
+    raw, _ = _decode_raster(path, cv2.IMREAD_UNCHANGED, "mask", max_pixels)
     if raw.ndim == 3:
         if raw.shape[2] != 3:
             raise InputError(f"{path}: expected a 1- or 3-channel mask, got {raw.shape[2]} "
@@ -444,7 +486,7 @@ def _load_normal_file(path: Path, suffix: str,
     declared = _read_sidecar(path)
     if suffix == ".npy":
         return declared, _read_npy(path, max_pixels)
-    raw = _decode_raster(path, cv2.IMREAD_UNCHANGED, "normal map", max_pixels)
+    raw, _ = _decode_raster(path, cv2.IMREAD_UNCHANGED, "normal map", max_pixels)
     n_channels = 1 if raw.ndim == 2 else raw.shape[2]
     if n_channels != 3:
         raise InputError(f"{path}: expected a 3-channel RGB normal map, got {n_channels} "
