@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "crossmodal.commands.normal_tools",
     "crossmodal.commands.checkpoints",
     "crossmodal.commands.evaluate",
+    "crossmodal.commands.predict",
 )
 
 

@@ -21,6 +21,12 @@ def test_main_job_writes_the_summary(tmp_path, monkeypatch):
     assert "![validation curve](curve.png)" in summary
     assert read_image(run_dir / "curve.png").shape == (400, 640, 3)
     assert read_image(run_dir / "panel.png").shape[0] > 64
+    # The bundled photos, predicted by the trained model: a row of 4 crops per photo.
+    assert "![photo | normals | relit" in summary
+    photos = read_image(run_dir / "photos.png")
+    assert 2 * 256 < photos.shape[0] < 3 * 256 and 4 * 256 < photos.shape[1] < 5 * 256
+    predicted = json.loads((run_dir / "photos" / "predictions.json").read_text())
+    assert predicted["photos"] == 2 and predicted["skipped"] == 0
     # A second run reuses the data and the finished training.
     demo.run(experiment, ("train.max_steps=3",), count=16, workers=1)
     assert sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines()
