@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "crossmodal.commands.train",
     "crossmodal.commands.normal_tools",
     "crossmodal.commands.checkpoints",
+    "crossmodal.commands.export",
     "crossmodal.commands.evaluate",
     "crossmodal.commands.predict",
 )

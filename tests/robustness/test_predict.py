@@ -187,3 +187,18 @@ def test_relight_depth_and_mesh_outputs(checkpoint, batch, tmp_path):
     relit = io.read_image(out / "grey_face0_relit.png")
     assert relit.shape[1] > 6 * 256  # photo | normals | four lights
     assert io.read_image(out / "grey_face0_depth.png").shape == (256, 256, 3)
+
+
+def test_an_onnx_export_predicts_what_the_checkpoint_does(checkpoint, batch, tmp_path):
+    """``--backend onnx`` (implied by a .onnx checkpoint) runs onnxruntime through the same
+    crop, resize and paste-back path: the normals equal torch's to float precision."""
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "tiny.onnx"
+    assert main(["-q", "export", "--checkpoint", str(checkpoint), "--onnx", str(onnx)]) == 0
+    for backend, model in (("torch", checkpoint), ("onnx", onnx)):
+        assert run("--checkpoint", model, batch / "grey.png", "--out", tmp_path / backend) == 0
+    torch_normals, _ = io.read_normals(tmp_path / "torch" / "grey_face0_normal.exr")
+    onnx_normals, _ = io.read_normals(tmp_path / "onnx" / "grey_face0_normal.exr")
+    np.testing.assert_allclose(onnx_normals, torch_normals, atol=1e-5)
+    summary = json.loads((tmp_path / "onnx" / "predictions.json").read_text())
+    assert summary["backend"] == "onnx"
