@@ -130,8 +130,8 @@ class Predictor:
     def from_checkpoint(cls, checkpoint: str | os.PathLike | dict[str, Any], *,
                         device: str | torch.device = "auto", landmarks: str = "dlib",
                         faces: str = "all", min_face: float = 40.0,
-                        batch_size: int = 8, crop_size: int = CROP_SIZE,
-                        image_size: int | None = None) -> Predictor:
+                        min_score: float | None = None, batch_size: int = 8,
+                        crop_size: int = CROP_SIZE, image_size: int | None = None) -> Predictor:
         """A predictor for a checkpoint (a path or a loaded dict; a ``.onnx`` file written
         by ``crossmodal export`` runs through onnxruntime on the CPU).
 
@@ -140,6 +140,8 @@ class Predictor:
             landmarks: the landmark backend (:data:`crossmodal.landmarks.BACKENDS`).
             faces: 'all' faces of a photo, or only the 'largest'.
             min_face: faces whose landmarks span fewer pixels are dropped.
+            min_score: detections scoring lower are dropped (None: the backend's default;
+                :func:`crossmodal.landmarks.make_detector` gives each backend's scale).
             batch_size: face crops per forward pass.
             crop_size: side of the crops and of the predicted normal maps.
             image_size: the network's resolution (default: the one it was trained at).
@@ -158,7 +160,7 @@ class Predictor:
                 checkpoint, device=device, image_size=image_size, batch_size=batch_size)
             convention = model_convention(checkpoint)
         detector = make_detector(landmarks, faces=faces, min_face=min_face,
-                                 device=str(normal_predictor.device))
+                                 min_score=min_score, device=str(normal_predictor.device))
         return cls(normal_predictor, detector, convention=convention, crop_size=crop_size)
 
     def __call__(self, image: np.ndarray) -> list[FacePrediction]:

@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="predict every face of a photo, or only the largest (default all)")
     p.add_argument("--min-face", type=float, default=40.0, metavar="PX",
                    help="ignore faces whose landmarks span fewer pixels (default 40)")
+    p.add_argument("--min-score", type=float, metavar="S",
+                   help="ignore detections scoring lower (default: the backend's own "
+                   "threshold; dlib's is 0 on its SVM margin, where clear faces score ~1; "
+                   "face_alignment's 0.5 on a probability)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torch)")
     p.add_argument("--batch-size", type=int, default=8, help="faces per forward pass")
     p.add_argument("--crop-size", type=int, default=256, metavar="S",
@@ -174,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device="cpu" if backend == "onnx" else args.device,
         landmarks=args.landmarks, faces=args.faces, min_face=args.min_face,
-        batch_size=args.batch_size, crop_size=args.crop_size)
+        min_score=args.min_score, batch_size=args.batch_size, crop_size=args.crop_size)
     writer = _Writer(args, predictor)
     todo = [item for item in inputs if item.reason is None]
     # Warnings go through the bar, so that they stay whole lines on the terminal.
@@ -188,8 +192,10 @@ def run(args: argparse.Namespace) -> int:
             found = predictor.predict_many([photo for _, photo in readable])
             for (item, photo), faces in zip(readable, found):
                 if not faces:
+                    score = ("" if args.min_score is None
+                             else f", scoring at least {args.min_score:g}")
                     item.reason = (f"no face found ({args.landmarks} landmarks, faces of at "
-                                   f"least {args.min_face:g} px)")
+                                   f"least {args.min_face:g} px{score})")
                     log.warning("skipped %s: %s", item.path, item.reason)
                 else:
                     writer.write(item, photo, faces)
@@ -311,7 +317,8 @@ def _summarise(args: argparse.Namespace, inputs: list[_Input], backend: str) -> 
     skipped = [i for i in inputs if i.reason is not None]
     summary = {"crossmodal_version": __version__, "checkpoint": str(args.checkpoint),
                "backend": backend, "landmarks": args.landmarks, "faces": args.faces,
-               "min_face": args.min_face, "crop_size": args.crop_size,
+               "min_face": args.min_face, "min_score": args.min_score,
+               "crop_size": args.crop_size,
                "photos": len(done), "faces_predicted": sum(len(i.faces) for i in done),
                "skipped": len(skipped), "inputs": [i.record() for i in inputs]}
     path = args.out / SUMMARY_FILE
