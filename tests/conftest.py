@@ -65,3 +65,14 @@ def data_root_256(tmp_path_factory):
              config=replace(SynthConfig(), size=256, samples_per_subject=1,
                             val_fraction=0.5, test_fraction=0.5))
     return root
+
+
+def one_error_line(capsys, status: int | None = None) -> str:
+    """The one line a command printed on stderr, a ``crossmodal: error:`` line (a user
+    mistake: nothing else, no traceback); with ``status``, the exit status it returned,
+    which must be 2."""
+    err = capsys.readouterr().err
+    assert status in (None, 2), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crossmodal: error: "), err
+    return lines[0]

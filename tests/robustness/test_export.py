@@ -18,7 +18,7 @@ from crossmodal.cli import main
 from crossmodal.errors import CrossmodalError
 from crossmodal.models import CrossModalNet
 
-from conftest import smoke_model
+from conftest import one_error_line, smoke_model
 
 onnx = pytest.importorskip("onnx")
 
@@ -39,15 +39,6 @@ def write_checkpoint(path: Path, data: dict | None = None) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path):
     return write_checkpoint(tmp_path / "run" / "best.pt")
-
-
-def one_line_error(capsys, code: int) -> str:
-    """The single ``crossmodal: error:`` line of a run that exited ``code`` (2)."""
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("crossmodal: error: "), err
-    return lines[0]
 
 
 def export(checkpoint, onnx_path, *extra) -> int:
@@ -95,7 +86,7 @@ def test_export_onto_a_link_to_its_checkpoint_is_refused(tmp_path, checkpoint, c
     before = checkpoint.read_bytes()
     target = tmp_path / "model.onnx"  # the right suffix: only the link gives it away
     (os.symlink if link == "symbolic" else os.link)(checkpoint, target)
-    line = one_line_error(capsys, export(checkpoint, target))
+    line = one_error_line(capsys, export(checkpoint, target))
     assert "is the checkpoint" in line and str(target) in line
     assert checkpoint.read_bytes() == before and target.read_bytes() == before
 
@@ -103,14 +94,14 @@ def test_export_onto_a_link_to_its_checkpoint_is_refused(tmp_path, checkpoint, c
 def test_export_onto_an_existing_folder_is_refused(tmp_path, checkpoint, capsys):
     folder = tmp_path / "exports.onnx"
     folder.mkdir()
-    line = one_line_error(capsys, export(checkpoint, folder))
+    line = one_error_line(capsys, export(checkpoint, folder))
     assert "is an existing folder" in line and str(folder) in line
     assert list(folder.iterdir()) == []
 
 
 def test_export_needs_an_onnx_suffix(tmp_path, checkpoint, capsys):
     out = tmp_path / "model.pt"
-    line = one_line_error(capsys, export(checkpoint, out))
+    line = one_error_line(capsys, export(checkpoint, out))
     assert "ending in .onnx" in line and str(out) in line
     assert not out.exists()
 
@@ -126,7 +117,7 @@ def test_export_of_a_missing_or_corrupt_checkpoint_is_one_line(
     elif case == "not a torch file":
         bad.write_text("not a checkpoint\n")
     out = tmp_path / "model.onnx"
-    line = one_line_error(capsys, export(bad, out))
+    line = one_error_line(capsys, export(bad, out))
     assert str(bad) in line
     assert ("does not exist" if case == "missing" else "cannot read checkpoint") in line
     assert not out.exists()
@@ -141,7 +132,7 @@ def test_export_of_a_missing_or_corrupt_checkpoint_is_one_line(
 def test_export_refuses_sizes_and_opsets_it_cannot_write(tmp_path, checkpoint, capsys,
                                                          option, value, named):
     out = tmp_path / "model.onnx"
-    line = one_line_error(capsys, export(checkpoint, out, option, value))
+    line = one_error_line(capsys, export(checkpoint, out, option, value))
     assert named in line
     assert not out.exists()
 
@@ -149,7 +140,7 @@ def test_export_refuses_sizes_and_opsets_it_cannot_write(tmp_path, checkpoint, c
 def test_export_of_a_checkpoint_without_its_image_size_asks_for_one(tmp_path, capsys):
     bare = write_checkpoint(tmp_path / "bare.pt", data={})
     out = tmp_path / "model.onnx"
-    line = one_line_error(capsys, export(bare, out))
+    line = one_error_line(capsys, export(bare, out))
     assert "bare.pt does not record the resolution it was trained at" in line
     assert "--image-size" in line and not out.exists()
 
@@ -167,7 +158,7 @@ def test_an_export_that_does_not_reproduce_torch_is_not_kept(tmp_path, checkpoin
     out.write_bytes(b"an earlier export")
     for difference in (0.01, float("nan")):
         monkeypatch.setattr(onnx_export, "verify_onnx", lambda path, ckpt, d=difference: d)
-        line = one_line_error(capsys, export(checkpoint, out))
+        line = one_error_line(capsys, export(checkpoint, out))
         assert "does not reproduce its normals" in line and "nothing was written" in line
         assert str(checkpoint) in line
         assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]
@@ -249,7 +240,7 @@ def test_without_an_onnx_package_export_says_how_to_install(tmp_path, checkpoint
                                                             monkeypatch, package):
     monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
     out = tmp_path / "model.onnx"
-    line = one_line_error(capsys, export(checkpoint, out))
+    line = one_error_line(capsys, export(checkpoint, out))
     assert line.endswith(INSTALL) and package in line
     assert not out.exists()
 

@@ -23,7 +23,7 @@ from crossmodal.inference import NormalPredictor
 from crossmodal.models import CrossModalNet
 from crossmodal.shapes import orthographic_sphere
 
-from conftest import compact_copy, smoke_model
+from conftest import compact_copy, one_error_line, smoke_model
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,15 +71,6 @@ def good_checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("good") / "best.pt")
 
 
-def one_line_error(capsys, code: int) -> str:
-    """The single ``crossmodal: error:`` line of a run that exited ``code`` (2)."""
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("crossmodal: error: "), err
-    return lines[0]
-
-
 def eval_args(checkpoint, dataset, *extra) -> list[str]:
     return ["-q", "eval", "--checkpoint", str(checkpoint), "--data", str(dataset),
             "--device", "cpu", *map(str, extra)]
@@ -90,7 +81,7 @@ def eval_args(checkpoint, dataset, *extra) -> list[str]:
 def test_eval_with_every_mask_empty_exits_2_saying_so(tmp_path, checkpoint, capsys):
     data = write_dataset(tmp_path / "empty", empty_masks=True)
     out = tmp_path / "eval.json"
-    line = one_line_error(capsys, main(eval_args(checkpoint, data, "--out", out)))
+    line = one_error_line(capsys, main(eval_args(checkpoint, data, "--out", out)))
     assert "no pixel could be scored" in line and "2 images" in line
     assert "empty mask" in line and str(data) in line
     assert not out.exists()
@@ -99,7 +90,7 @@ def test_eval_with_every_mask_empty_exits_2_saying_so(tmp_path, checkpoint, caps
 def test_eval_with_every_prediction_non_finite_exits_2_saying_so(tmp_path, dataset, capsys):
     """Finite weights so large that every prediction overflows to NaN/inf."""
     ckpt = write_checkpoint(tmp_path / "overflow.pt", fill=3e38)
-    line = one_line_error(capsys, main(eval_args(ckpt, dataset)))
+    line = one_error_line(capsys, main(eval_args(ckpt, dataset)))
     assert "no pixel could be scored" in line and "NaN, inf or zero prediction" in line
     assert str(ckpt) in line
     assert capsys.readouterr().out == ""
@@ -113,7 +104,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(
         with pytest.raises(CrossmodalError, match="non-finite") as err:
             load(ckpt)
         assert str(ckpt) in str(err.value) and "normal_decoder." in str(err.value)
-    line = one_line_error(capsys, main(eval_args(ckpt, dataset)))
+    line = one_error_line(capsys, main(eval_args(ckpt, dataset)))
     assert "non-finite" in line and str(ckpt) in line
 
 
@@ -167,7 +158,7 @@ def test_a_malformed_checkpoint_is_one_line_naming_file_and_key(
         load_checkpoint(bad)
     message = str(err.value)
     assert str(bad) in message and named in message and "\n" not in message
-    line = one_line_error(capsys, main(eval_args(bad, dataset)))
+    line = one_error_line(capsys, main(eval_args(bad, dataset)))
     assert str(bad) in line
 
 
@@ -201,7 +192,7 @@ def test_eval_outputs_onto_its_inputs_are_refused(tmp_path, checkpoint, dataset,
     link.symlink_to(checkpoint)
     target = Path(target.format(data=dataset, ckpt_link=link))
     before = target.read_bytes() if target.exists() else None
-    line = one_line_error(capsys, main(eval_args(checkpoint, dataset, option, target)))
+    line = one_error_line(capsys, main(eval_args(checkpoint, dataset, option, target)))
     assert line.startswith(f"crossmodal: error: {option} {target}") and named in line
     assert (target.read_bytes() if target.exists() else None) == before
 
@@ -211,14 +202,14 @@ def test_eval_out_onto_an_existing_folder_is_refused_before_evaluating(
     import crossmodal.evaluate
     monkeypatch.setattr(crossmodal.evaluate, "_evaluate", None)  # must not be reached
     (tmp_path / "results").mkdir()
-    line = one_line_error(capsys, main(eval_args(checkpoint, dataset, "--out",
+    line = one_error_line(capsys, main(eval_args(checkpoint, dataset, "--out",
                                                  tmp_path / "results")))
     assert "is an existing folder" in line and "name a file" in line
 
 
 def test_eval_out_and_panel_naming_one_file_is_refused(tmp_path, checkpoint, dataset, capsys):
     both = tmp_path / "result.png"
-    line = one_line_error(capsys, main(eval_args(checkpoint, dataset, "--out", both,
+    line = one_error_line(capsys, main(eval_args(checkpoint, dataset, "--out", both,
                                                  "--panel", both)))
     assert f"--panel {both} is the --out file" in line
 
@@ -226,7 +217,7 @@ def test_eval_out_and_panel_naming_one_file_is_refused(tmp_path, checkpoint, dat
 def test_an_output_under_a_file_is_refused_before_work(tmp_path, checkpoint, dataset, capsys):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine")
-    line = one_line_error(capsys, main(eval_args(checkpoint, dataset, "--out",
+    line = one_error_line(capsys, main(eval_args(checkpoint, dataset, "--out",
                                                  blocker / "eval.json")))
     assert f"{blocker} is a file, not a folder" in line
     assert blocker.read_text() == "mine"
@@ -243,7 +234,7 @@ def test_an_unwritable_output_folder_is_refused_before_work(
             raise PermissionError(13, "Permission denied")
         monkeypatch.setattr(crossmodal.fileutil.tempfile, "TemporaryFile", refuse)
     try:
-        line = one_line_error(capsys, main(eval_args(checkpoint, dataset, "--out",
+        line = one_error_line(capsys, main(eval_args(checkpoint, dataset, "--out",
                                                      locked / "new" / "eval.json")))
     finally:
         locked.chmod(0o700)
@@ -254,7 +245,7 @@ def test_import_official_out_onto_its_pth_is_refused(tmp_path, capsys):
     pth = tmp_path / "model.pth"
     torch.save({"conv_last.bias": torch.ones(3)}, pth)
     before = pth.read_bytes()
-    line = one_line_error(capsys, main(["import-official", str(pth), "--out", str(pth)]))
+    line = one_error_line(capsys, main(["import-official", str(pth), "--out", str(pth)]))
     assert f"--out {pth} is the authors' weights" in line
     assert pth.read_bytes() == before
 
@@ -306,7 +297,7 @@ def test_normal_tools_outputs_onto_their_inputs_are_refused(tmp_path, sphere_npy
     (tmp_path / "link.ply").symlink_to(sphere_npy)
     target = None if target is None else Path(target.format(**names))
     before = None if target is None else target.read_bytes()
-    line = one_line_error(capsys, main(["-q", *(a.format(**names) for a in argv)]))
+    line = one_error_line(capsys, main(["-q", *(a.format(**names) for a in argv)]))
     assert named.format(**names) in line
     assert target is None or target.read_bytes() == before
 
@@ -327,7 +318,7 @@ def test_report_out_onto_one_of_its_results_is_refused(tmp_path, capsys, out):
     _eval_json(run / "eval.json", 12.0)
     target = Path(out.format(a=a, run=run))
     before = target.read_bytes()
-    line = one_line_error(capsys, main(["-q", "report", str(a), str(run), "--out",
+    line = one_error_line(capsys, main(["-q", "report", str(a), str(run), "--out",
                                         str(target)]))
     assert f"--out {target} is the eval result" in line
     assert target.read_bytes() == before

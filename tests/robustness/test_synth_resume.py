@@ -19,6 +19,8 @@ from crossmodal.data.format import DatasetInfo, DatasetWriter, read_dataset
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig
 
+from conftest import one_error_line
+
 # Every identity paired, so that every row has an image, a normal map and a mask.
 SMALL = replace(SynthConfig(), size=64, kind_weights=(1.0, 0.0, 0.0))
 COUNT = 6
@@ -41,12 +43,6 @@ def whole(tmp_path_factory):
 @pytest.fixture
 def part(whole, tmp_path):
     return shutil.copytree(whole, tmp_path / "synth")
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_damaged_files_of_done_rows_are_rendered_again(whole, part):
@@ -91,7 +87,7 @@ def test_workers_beyond_the_samples_left_are_capped_with_a_note(whole, part, cap
 def test_out_of_range_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     args = ["synth", "--out", str(tmp_path / "x"), "--count", "2", "--size", "64", *argv]
     assert main(args) == 2
-    assert message in one_line_error(capsys)
+    assert message in one_error_line(capsys)
     assert not (tmp_path / "x").exists()
 
 
@@ -103,7 +99,7 @@ def test_a_folder_holding_another_dataset_is_refused_before_rendering(tmp_path, 
         writer.add("a", "s1", "train", image=np.zeros((64, 64, 3)))
     before = folder_digest(other)
     assert main(["synth", "--out", str(other), "--count", "2", "--size", "64"]) == 2
-    err = one_line_error(capsys)
+    err = one_error_line(capsys)
     assert f"--out {other} holds a dataset not written by synth" in err
     assert folder_digest(other) == before
 
@@ -111,14 +107,14 @@ def test_a_folder_holding_another_dataset_is_refused_before_rendering(tmp_path, 
 def test_a_folder_with_unreadable_synth_options_is_refused(whole, part, capsys):
     (part / "synth.json").write_text("{not json")
     assert main(["synth", "--out", str(part), "--count", str(COUNT), "--size", "64"]) == 2
-    assert f"{part / 'synth.json'} is not valid JSON" in one_line_error(capsys)
+    assert f"{part / 'synth.json'} is not valid JSON" in one_error_line(capsys)
 
 
 def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     out = tmp_path / "data.txt"
     out.write_text("mine")
     assert main(["synth", "--out", str(out), "--count", "2", "--size", "64"]) == 2
-    assert f"--out {out} is an existing file, not a folder" in one_line_error(capsys)
+    assert f"--out {out} is an existing file, not a folder" in one_error_line(capsys)
     assert out.read_text() == "mine"
 
 
@@ -144,5 +140,5 @@ def test_a_folder_with_finished_samples_of_other_options_names_the_differences(
                  "1,0,0"]) == 2
     assert (f"{part} was generated with other options ({part / 'synth.json'}: --count 6 "
             f"(now 8), --size 64 (now 32)); re-run with the same options to complete it, "
-            f"delete the folder, or choose a new --out") in one_line_error(capsys)
+            f"delete the folder, or choose a new --out") in one_error_line(capsys)
     assert folder_digest(part) == before

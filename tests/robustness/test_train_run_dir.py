@@ -8,6 +8,8 @@ import pytest
 
 from crossmodal.cli import main
 
+from conftest import one_error_line
+
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
 
 
@@ -23,12 +25,6 @@ def earlier_run(data_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "earlier"
     assert train(data_root, run) == 0
     return run
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("crossmodal: error:"), err
-    return err[0]
 
 
 def test_an_earlier_run_is_refused_without_resume_or_overwrite(
