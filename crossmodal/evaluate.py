@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ from .inference import NormalPredictor
 from .metrics import AngularErrorMeter, angular_error
 
 __all__ = ["EVAL_FILE", "JSON_KEYS", "ERROR_VMAX", "draw_panel", "evaluate",
-           "evaluate_checkpoint", "load_result", "metrics_json", "paired_split",
-           "report_table", "result_file", "score"]
+           "THRESHOLD_KEYS", "evaluate_checkpoint", "load_result", "load_results",
+           "metrics_json", "paired_split", "report_table", "result_file", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,15 @@ def result_file(path: PathLike) -> Path:
     ``RUN/eval.json`` for a run directory ``RUN``."""
     path = Path(path)
     return path / EVAL_FILE if path.is_dir() else path
+
+
+def load_results(paths: Sequence[PathLike]) -> list[tuple[str, dict]]:
+    """:func:`load_result` of each path, in order; results sharing a label (say, two
+    splits of one run) get their path after it, ``"LABEL [PATH]"``, so rows stay apart."""
+    rows = [load_result(path) for path in paths]
+    counts = Counter(label for label, _ in rows)
+    return [(f"{label} [{path}]" if counts[label] > 1 else label, result)
+            for (label, result), path in zip(rows, paths, strict=True)]
 
 
 def load_result(path: PathLike) -> tuple[str, dict]:

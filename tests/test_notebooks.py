@@ -7,6 +7,11 @@ spec's bare ``python`` with ``sys.executable``, so nothing is installed at test 
 kernel runs in an empty temporary folder, which must still be empty afterwards: notebooks
 write only to their own temporary directories, never into the repository.
 
+Notebooks that read the user's files (a checkpoint, eval results) take their paths from an
+environment variable; the test makes small such files in a temporary folder beside the
+working folder and sets the variable, which the kernel inherits: jupyter_client launches
+it with a copy of ``os.environ`` taken at start-up (``provisioner_base.pre_launch``).
+
 The stored notebooks must carry no outputs, so the repository stays small and diffs stay
 readable (execute them locally, then clear outputs before committing).
 """
@@ -17,6 +22,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from crossmodal.checkpoint import save_checkpoint
+from crossmodal.cli import main
+from crossmodal.evaluate import metrics_json
+from crossmodal.models import CrossModalNet
+from crossmodal.photos import BUNDLED_PHOTOS
+
+from conftest import smoke_model
 
 nbformat = pytest.importorskip("nbformat", reason="needs the test extra: pip install -e '.[test]'")
 nbclient = pytest.importorskip("nbclient", reason="needs the test extra: pip install -e '.[test]'")
@@ -71,6 +85,66 @@ def _n_images(nb) -> int:
                if cell.cell_type == "code" for out in cell.outputs)
 
 
+def _markdown(nb) -> list[str]:
+    return [out["data"]["text/markdown"] for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if "text/markdown" in out.get("data", {})]
+
+
+# ------------------------------------------------------------------ per-notebook inputs
+# Each makes the notebook's input files under ``folder`` (not the kernel's working folder),
+# points the notebook's environment variable at them and returns keyword arguments for the
+# notebook's expectations.
+
+
+def _inputs_predict(folder: Path, monkeypatch) -> dict:
+    """A random-initialised tiny checkpoint (the smoke model) that says it was trained at
+    64 px: the notebook's pictures are noise, but every step runs as for a trained one."""
+    config = smoke_model()
+    torch.manual_seed(0)
+    path = save_checkpoint(folder / "tiny" / "best.pt", model=CrossModalNet(config).eval(),
+                           config={"name": "tiny", "model": config.to_dict(),
+                                   "data": {"image_size": 64}})
+    monkeypatch.setenv("CROSSMODAL_CHECKPOINT", str(path))
+    return {"checkpoint": path}
+
+
+#: (run directory, experiment, variant, mean, median, % below 20/25/30): made-up results of
+#: an ablation; the plain U-Net is best in every column but the median, no_skips there.
+ABLATION_RUNS = [
+    ("quickstart", "quickstart", "full", 16.86, 13.59, (71.5, 81.6, 87.9)),
+    ("quickstart_no_skips", "quickstart_no_skips", "no_skips", 18.21, 12.9, (66.0, 77.3, 84.5)),
+    ("plain", None, "plain_unet", 15.69, 14.65, (75.44, 84.54, 90.02)),
+]
+
+
+def _inputs_ablations(folder: Path, monkeypatch) -> dict:
+    """Three run directories holding eval.json as ``crossmodal eval`` writes it (one without
+    an experiment name, labelled by its directory), and the table ``crossmodal report``
+    prints for them."""
+    runs = []
+    for run, experiment, variant, mean, median, below in ABLATION_RUNS:
+        result = {"n_images": 120, "n_pixels": 250_000, "mean": mean, "std": 2.5,
+                  "median": median, "pixel_mean": mean - 0.4,
+                  "below": dict(zip(("20", "25", "30"), below)),
+                  "dataset": "synth_quickstart", "split": "test",
+                  "checkpoint": f"runs/{run}/best.pt", "experiment": experiment,
+                  "variant": variant, "image_size": 64, "model_image_size": 64,
+                  "n_excluded_pred": 0, "n_empty_images": 0}
+        (folder / "runs" / run).mkdir(parents=True)
+        (folder / "runs" / run / "eval.json").write_text(metrics_json(result))
+        runs.append(folder / "runs" / run)
+    table = folder / "table.md"
+    assert main(["-q", "report", *map(str, sorted(runs)), "--out", str(table)]) == 0
+    monkeypatch.setenv("CROSSMODAL_RESULTS", str(folder / "runs" / "*"))
+    return {"runs": sorted(runs), "table": table.read_text(encoding="utf-8")}
+
+
+INPUTS = {"predict.ipynb": _inputs_predict, "ablations.ipynb": _inputs_ablations}
+#: The variable each notebook with inputs reads, and what its error says when they are missing.
+MISSING_INPUTS = {"predict.ipynb": ("CROSSMODAL_CHECKPOINT", "no checkpoint at"),
+                  "ablations.ipynb": ("CROSSMODAL_RESULTS", "no eval results match")}
+
+
 # ------------------------------------------------------------ per-notebook expectations
 
 
@@ -115,7 +189,50 @@ def _expect_normal_maps(nb) -> None:
     assert _n_images(nb) == 5
 
 
-EXPECTATIONS = {"normal_maps.ipynb": _expect_normal_maps}
+def _expect_predict(nb, checkpoint: Path) -> None:
+    text = _stream(nb)
+    assert _stream(nb, "stderr") == "", "the notebook should run without warnings"
+    # The kernel read the checkpoint that the test passed through the environment.
+    assert f"checkpoint: {checkpoint}\n" in text
+    assert "network runs at 64 px on cpu, crops of 256 px; output convention 'opengl'" in text
+    # One face in each bundled photo, cropped by the protocol: 1.2x the landmarks' span.
+    counts = {name: int(n) for name, n in re.findall(r"^(\w+): \d+x\d+ photo, (\d+) faces?$",
+                                                     text, re.M)}
+    assert counts == {name: 1 for name in BUNDLED_PHOTOS}, counts
+    faces = re.findall(r"landmarks span (\d+) px, crop square (\d+) px at .*, detector score "
+                       r"([\d.]+), mask (\d+)% of the crop", text)
+    assert len(faces) == 2, faces
+    for span, side, score, mask in faces:
+        assert abs(int(side) - 1.2 * int(span)) <= 1.5 and float(score) > 0.0
+        assert 30 < int(mask) < 80
+    # A relief mesh of one vertex per mask pixel and about two triangles each.
+    vertices, triangles = map(int, re.search(r"mesh of (\d+) vertices, (\d+) triangles",
+                                             text).groups())
+    assert 10_000 < vertices < triangles < 2 * vertices
+    assert re.search(r"astronaut_face0\.ply: [1-9][\d.]* MB", text), text
+    # a figure per face, the paste-back, depth and relief
+    assert _n_images(nb) == 2 + 1 + 1
+
+
+def _expect_ablations(nb, runs: list[Path], table: str) -> None:
+    text = _stream(nb)
+    assert _stream(nb, "stderr") == "", "the notebook should run without warnings"
+    # Every run found through the glob of run directories, labelled as crossmodal report does.
+    labels = {"plain": "plain (plain_unet)", "quickstart": "quickstart (full)",
+              "quickstart_no_skips": "quickstart_no_skips (no_skips)"}
+    listed = re.findall(r"^(.*): (\S+) \(120 images of synth_quickstart/test\)$", text, re.M)
+    assert listed == [(labels[run.name], str(run)) for run in runs], listed
+    # Exactly the table that crossmodal report prints, shown once as markdown.
+    assert _markdown(nb) == [table]
+    for label in labels.values():
+        assert f"| {label} |" in table
+    assert "**15.69 ± 2.50**" in table and "**12.90**" in table  # the best of two columns
+    # the error and threshold charts, one figure
+    assert _n_images(nb) == 1
+
+
+EXPECTATIONS = {"normal_maps.ipynb": _expect_normal_maps, "predict.ipynb": _expect_predict,
+                "ablations.ipynb": _expect_ablations}
 
 
 # ------------------------------------------------------------------------------ tests
@@ -123,8 +240,9 @@ EXPECTATIONS = {"normal_maps.ipynb": _expect_normal_maps}
 
 def test_notebooks_are_found():
     assert NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
-    missing = set(EXPECTATIONS) - {p.name for p in NOTEBOOKS}
-    assert not missing, f"expectations for missing notebooks: {missing}"
+    for table in (EXPECTATIONS, INPUTS, MISSING_INPUTS):
+        missing = set(table) - {p.name for p in NOTEBOOKS}
+        assert not missing, f"expectations or inputs for missing notebooks: {missing}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -144,12 +262,36 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    made = INPUTS[path.name](inputs, monkeypatch) if path.name in INPUTS else {}
+    before = sorted(inputs.rglob("*"))
     nb = _execute(path, cwd)
     leftovers = sorted(p.name for p in cwd.iterdir())
     assert not leftovers, f"{path.name} wrote {leftovers} into its working folder"
+    assert sorted(inputs.rglob("*")) == before, f"{path.name} wrote beside its inputs"
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code_cells)
     assert not any(out.output_type == "error" for c in code_cells for out in c.outputs)
     check = EXPECTATIONS.get(path.name)
     if check is not None:
-        check(nb)
+        check(nb, **made)
+
+
+@pytest.mark.parametrize("name", sorted(MISSING_INPUTS))
+def test_notebook_without_its_inputs_names_the_fix(name, tmp_path, monkeypatch):
+    """Run where its inputs are missing, a notebook stops in its first code cell with an
+    error that says how to make them or where to point it."""
+    _check_kernel_is_this_interpreter()
+    variable, error = MISSING_INPUTS[name]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv(variable, str(tmp_path / "nothing" / "here"))
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as failed:
+        _execute(NOTEBOOK_DIR / name, cwd)
+    message = str(failed.value)
+    assert "FileNotFoundError" in message and error in message, message
+    assert str(tmp_path / "nothing" / "here") in message
+    assert "make demo" in message and variable in message
+    assert not any(cwd.iterdir())

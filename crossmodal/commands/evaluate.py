@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 
 from ..errors import CrossmodalError
@@ -117,18 +116,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..evaluate import load_result, report_table, result_file
+    from ..evaluate import load_results, report_table, result_file
     from ..fileutil import atomic_write, check_output
 
     if args.out is not None:
         check_output(args.out, what="--out",
                      inputs={"the eval result": [result_file(p) for p in args.results]})
-    rows = [load_result(path) for path in args.results]
-    # Two results of one experiment and variant (say, two splits) keep their paths apart.
-    counts = Counter(label for label, _ in rows)
-    rows = [(f"{label} [{path}]" if counts[label] > 1 else label, result)
-            for (label, result), path in zip(rows, args.results, strict=True)]
-    table = report_table(rows, title=args.title)
+    table = report_table(load_results(args.results), title=args.title)
     sys.stdout.write(table)  # the command's product
     if args.out is not None:
         atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
