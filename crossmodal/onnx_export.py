@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import build_model, load_checkpoint
+from .checkpoint import build_model, load_checkpoint, output_convention
 from .errors import CrossmodalError, InputError
 from .fileutil import atomic_write, require_file
 from .image_size import check_image_size
@@ -48,7 +48,7 @@ from .inference import NormalPredictor, trained_image_size
 
 __all__ = ["INPUT_NAME", "METADATA_KEYS", "MIN_OPSET", "OUTPUT_NAME", "OnnxImageToNormal",
            "check_opset", "export_onnx", "load_onnx_predictor", "onnx_metadata",
-           "output_convention", "require_onnx", "verify_onnx"]
+           "require_onnx", "verify_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +97,6 @@ def check_opset(opset: int | None, what: str = "opset") -> None:
     if not MIN_OPSET <= opset <= newest:
         raise InputError(f"{what} {opset} is not one the exporter can write: use {MIN_OPSET} "
                          f"to {newest} (the installed onnx's newest), or leave it out")
-
-
-def output_convention(checkpoint: Mapping[str, Any]) -> str:
-    """The normal convention the checkpoint's network outputs (docs/design.md §2, §8):
-    ``config["source"]["output_convention"]`` (``official`` for imported weights), or
-    ``opengl``, ours, for a model crossmodal trained."""
-    source = checkpoint["config"].get("source")
-    convention = source.get("output_convention") if isinstance(source, Mapping) else None
-    return convention if isinstance(convention, str) and convention else "opengl"
 
 
 class _ImageToNormal(nn.Module):

@@ -36,7 +36,7 @@ from .inference import NormalPredictor
 from .landmarks import Face, LandmarkDetector, make_detector
 from .normals import from_convention, normalize
 
-__all__ = ["BUNDLED_PHOTOS", "FacePrediction", "Predictor", "model_convention"]
+__all__ = ["BUNDLED_PHOTOS", "FacePrediction", "Predictor"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ BUNDLED_PHOTOS = {name: Path(__file__).parent / "assets" / "photos" / f"{name}.j
 
 #: The crop side of the protocol (paper §4.1, docs/design.md §4).
 CROP_SIZE = 256
-
-
-def model_convention(checkpoint: dict[str, Any]) -> str:
-    """The normal-map convention a checkpoint's network outputs: ``opengl`` (ours) unless
-    its config records another (``source.output_convention``: the authors' imported
-    weights say ``official``)."""
-    source = checkpoint.get("config", {}).get("source")
-    convention = source.get("output_convention") if isinstance(source, dict) else None
-    return convention if isinstance(convention, str) else "opengl"
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,13 +143,13 @@ class Predictor:
             normal_predictor = load_onnx_predictor(checkpoint, batch_size=batch_size)
             convention = onnx_metadata(checkpoint).get("convention", "opengl")
         else:
-            from .checkpoint import load_checkpoint
+            from .checkpoint import load_checkpoint, output_convention
 
             if not isinstance(checkpoint, dict):
                 checkpoint = load_checkpoint(checkpoint)
             normal_predictor = NormalPredictor.from_checkpoint(
                 checkpoint, device=device, image_size=image_size, batch_size=batch_size)
-            convention = model_convention(checkpoint)
+            convention = output_convention(checkpoint)
         detector = make_detector(landmarks, faces=faces, min_face=min_face,
                                  min_score=min_score, device=str(normal_predictor.device))
         return cls(normal_predictor, detector, convention=convention, crop_size=crop_size)

@@ -11,7 +11,8 @@ from crossmodal import io
 from crossmodal.crop import crop_from_landmarks, landmark_mask
 from crossmodal.inference import NormalPredictor
 from crossmodal.landmarks import make_detector
-from crossmodal.photos import BUNDLED_PHOTOS, Predictor, model_convention
+from crossmodal.checkpoint import output_convention
+from crossmodal.photos import BUNDLED_PHOTOS, Predictor
 
 CROP = 256
 
@@ -148,8 +149,8 @@ def test_faces_of_several_photos_share_forward_passes(detector, photos):
 
 
 def test_the_model_convention_is_converted_to_ours(detector, photos):
-    assert model_convention({"config": {"model": {}}}) == "opengl"
-    assert model_convention({"config": {"source": {"output_convention": "official"}}}) == \
+    assert output_convention({"config": {"model": {}}}) == "opengl"
+    assert output_convention({"config": {"source": {"output_convention": "official"}}}) == \
         "official"
     ours, _ = make_predictor(detector)
     theirs, _ = make_predictor(detector, convention="opencv")  # +y down, +z away

@@ -9,7 +9,7 @@ imports it.
 """
 
 from .format import (FORMAT_VERSION, REQUIRED_KEYS, build_model, load_checkpoint,
-                     save_checkpoint, unwrap_model)
+                     output_convention, save_checkpoint, unwrap_model)
 
 __all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "load_checkpoint",
-           "save_checkpoint", "unwrap_model"]
+           "output_convention", "save_checkpoint", "unwrap_model"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ..models import CrossModalNet, ModelConfig
 from ..provenance import git_state
 
 __all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "check_finite_weights",
-           "load_checkpoint", "save_checkpoint", "unwrap_model"]
+           "load_checkpoint", "output_convention", "save_checkpoint", "unwrap_model"]
 
 #: Bumped when the layout changes incompatibly; readers refuse newer versions.
 FORMAT_VERSION = 1
@@ -257,3 +258,12 @@ def build_model(checkpoint: dict) -> CrossModalNet:
         raise CrossmodalError(f"checkpoint weights do not match its model config "
                               f"({config.variant!r}): {' '.join(str(err).split())[:300]}") from None
     return model.eval()
+
+
+def output_convention(checkpoint: Mapping[str, Any]) -> str:
+    """The normal-map convention a checkpoint's network outputs (docs/design.md §2, §8):
+    ``config["source"]["output_convention"]`` when recorded (``official`` for the authors'
+    imported weights), else ``opengl``, ours, for a model crossmodal trained."""
+    source = checkpoint["config"].get("source")
+    convention = source.get("output_convention") if isinstance(source, Mapping) else None
+    return convention if isinstance(convention, str) and convention else "opengl"
