@@ -1,7 +1,7 @@
 """The one inference path: a model's image->normal pass on face crops (docs/design.md §6).
 
-Validation during training, ``crossmodal eval`` and the demo predict through
-:class:`NormalPredictor` (and so will ``crossmodal predict``), so the validation number
+Validation during training, ``crossmodal eval``, ``crossmodal predict`` (torch or an ONNX
+export) and the demo predict through :class:`NormalPredictor`, so the validation number
 that selects ``best.pt`` is the number ``crossmodal eval`` reports. Its policy, decided
 here once:
 
