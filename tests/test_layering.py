@@ -52,10 +52,11 @@ def test_models_do_not_import_checkpoints(path):
     assert not {n for n in imported_modules(path) if n.startswith("crossmodal.checkpoint")}
 
 
-@pytest.mark.parametrize("path", [PACKAGE / "evaluate.py", PACKAGE / "inference.py",
-                                  PACKAGE / "metrics.py", PACKAGE / "commands" / "evaluate.py"],
-                         ids=lambda p: p.name)
-def test_evaluation_does_not_import_the_training_engine(path):
+@pytest.mark.parametrize("path", [PACKAGE / name for name in (
+    "evaluate.py", "inference.py", "metrics.py", "photos.py", "landmarks.py", "onnx_export.py",
+    "commands/evaluate.py", "commands/predict.py", "commands/export.py")],
+    ids=lambda p: p.name)
+def test_evaluation_and_prediction_do_not_import_the_training_engine(path):
     assert not {n for n in imported_modules(path) if n.startswith("crossmodal.engine")}
 
 
@@ -66,5 +67,6 @@ def test_building_blocks_do_not_import_what_uses_them(path):
     inference."""
     above = ("crossmodal.config", "crossmodal.engine", "crossmodal.evaluate",
              "crossmodal.inference", "crossmodal.checkpoint", "crossmodal.commands",
-             "crossmodal.demo")
+             "crossmodal.demo", "crossmodal.photos", "crossmodal.landmarks",
+             "crossmodal.onnx_export")
     assert not {n for n in imported_modules(path) if n.startswith(above)}
