@@ -2,6 +2,7 @@
 
     python docs/figures.py                       # the convention sphere
     python docs/figures.py --quickstart LABEL=RUN_DIR ...   # validation curves of runs
+    python docs/figures.py --photos RUN_DIR      # a demo run's predictions of the bundled photos
 
 The README's quickstart curve is ``--quickstart "make demo (1,400 steps)=runs/quickstart"
 "continued (--resume)=runs/quickstart_2600" "plain_unet, same budget=runs/quickstart_plain_unet"``.
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 from crossmodal import io, viz
-from crossmodal.demo import validation_curve
+from crossmodal.demo import photo_panel, validation_curve
 from crossmodal.normals import encode_rgb
 from crossmodal.shapes import orthographic_sphere
 
@@ -59,9 +60,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quickstart", nargs="+", metavar="LABEL=RUN_DIR")
+    parser.add_argument("--photos", type=Path, metavar="RUN_DIR")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.quickstart:
+    if args.photos:
+        io.write_image(OUT / "quickstart_photos.jpg", photo_panel(args.photos / "photos"))
+    elif args.quickstart:
         runs = dict(item.split("=", 1) for item in args.quickstart)
         io.write_image(OUT / "quickstart_curve.png",
                        quickstart_curve({k: Path(v) for k, v in runs.items()}))
