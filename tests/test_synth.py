@@ -14,7 +14,7 @@ from crossmodal.data.augment import hflip
 from crossmodal.data.format import read_dataset
 from crossmodal.render import Camera, Intrinsics, render
 from crossmodal.synth.face_model import FaceModel
-import crossmodal.synth.generate as generate_module
+import crossmodal.parallel as parallel
 from crossmodal.synth.generate import generate
 from crossmodal.synth.sampler import SynthConfig, plan_dataset, render_sample
 
@@ -121,7 +121,7 @@ def test_mirrored_mesh_render_equals_the_flip_augmentation(model):
 
 
 def test_same_seed_same_bytes_with_one_and_two_workers(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_module, "available_cores", lambda: 2)  # even on one core
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)  # a pool, even on one core
     # Same folder name in different places: the name is recorded in dataset.json.
     one = generate(tmp_path / "one" / "synth", 10, seed=7, config=SMALL, workers=1, progress=False)
     two = generate(tmp_path / "two" / "synth", 10, seed=7, config=SMALL, workers=2, progress=False)

@@ -16,27 +16,19 @@ more processes would only wait.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import multiprocessing
-import os
-import signal
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .. import __version__, io, viz
 from ..data.format import INFO_FILE, SAMPLES_FILE, DatasetInfo, DatasetWriter
 from ..errors import CrossmodalError
 from ..fileutil import atomic_write, check_output, read_text
+from ..parallel import WorkerDied, check_workers, ordered_map, pool_size
 from ..provenance import settings_changes
 from .sampler import PlannedSample, SynthConfig, SynthSample, plan_dataset, render_sample
 
@@ -48,11 +40,6 @@ OPTIONS_FILE = "synth.json"
 PREVIEW_FILE = "preview.png"
 
 
-#: Jobs handed to the rendering pool ahead of the one written next, per worker: enough to
-#: keep every worker busy, few enough that the samples waiting to be written in plan order
-#: stay a few megabytes.
-JOBS_AHEAD = 2
-
 Job = tuple[PlannedSample, int, SynthConfig]
 
 
@@ -63,39 +50,6 @@ def _render(job: Job) -> SynthSample:
     except Exception as err:
         err.add_note(f"while rendering sample {planned.id} (seed {seed})")
         raise
-
-
-def _worker_setup() -> None:
-    """Rendering's matrix products are small: BLAS threads only spin, and with several
-    workers they fight over the cores (measured: 2 workers were no faster than 1).
-    Ctrl-C is the main process's to handle (it stops the pool); in a worker it would only
-    print a traceback."""
-    threadpool_limits(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _render_in_workers(jobs: Iterable[Job], workers: int) -> Iterator[SynthSample]:
-    """The samples of ``jobs`` in their order, rendered by ``workers`` processes, at most
-    :data:`JOBS_AHEAD` x ``workers`` jobs ahead of the one returned.
-
-    Raises:
-        concurrent.futures.process.BrokenProcessPool: a worker died without an exception.
-    """
-    jobs = iter(jobs)
-    # fork: workers inherit the loaded face model instead of re-reading it. Unlike
-    # multiprocessing.Pool, the executor notices a worker that died: its jobs fail.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_worker_setup) as pool:
-        try:
-            pending = deque(pool.submit(_render, job)
-                            for job in itertools.islice(jobs, JOBS_AHEAD * workers))
-            while pending:
-                sample = pending.popleft().result()
-                pending.extend(pool.submit(_render, job) for job in itertools.islice(jobs, 1))
-                yield sample
-        finally:
-            # On an error or Ctrl-C, wait only for the jobs already running.
-            pool.shutdown(cancel_futures=True)
 
 
 def _options(count: int, seed: int, config: SynthConfig) -> dict:
@@ -148,26 +102,6 @@ def _check_folder(out: Path, options: dict) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _pool_size(workers: int | None, jobs: int) -> int:
-    """Rendering processes for ``jobs`` samples: ``workers`` (default: the cores this
-    process may run on) capped at those cores and at ``jobs``, with a note when capped."""
-    cores = available_cores()
-    useful = max(1, min(cores, jobs))
-    if workers is None:
-        return useful
-    if workers > useful and jobs:
-        log.info("--workers %d capped to %d (%d sample%s to render, %d cores available)",
-                 workers, useful, jobs, "" if jobs == 1 else "s", cores)
-    return min(workers, useful)
-
-
 def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig | None = None,
              workers: int | None = None, preview: bool = False,
              progress: bool = True) -> Path:
@@ -185,8 +119,7 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
         raise CrossmodalError(f"--count must be at least 1, got {count}")
     if seed < 0:  # numpy's SeedSequence takes any non-negative integer
         raise CrossmodalError(f"--seed must be a non-negative integer, got {seed}")
-    if workers is not None and workers < 1:
-        raise CrossmodalError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     check_output(out, inputs={}, what="--out", kind="folder")
     options = _options(count, seed, config)
     _check_folder(out, options)
@@ -207,22 +140,15 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
                      len(todo))
         jobs = [(p, seed, config) for p in todo]
         bar = tqdm(total=len(jobs), desc="synth", unit="face", disable=not progress)
-        workers = _pool_size(workers, len(jobs))
-        if workers > 1:
-            try:
-                for sample in _render_in_workers(jobs, workers):
-                    _write(writer, sample)
-                    bar.update()
-            except BrokenProcessPool:
-                raise CrossmodalError(
-                    f"a rendering worker process died without an error (killed, or out of "
-                    f"memory); the samples written to {out} so far are kept: re-run the same "
-                    f"command to complete it (with fewer --workers if memory ran out)") from None
-        else:
-            with threadpool_limits(1):
-                for job in jobs:
-                    _write(writer, _render(job))
-                    bar.update()
+        try:
+            for sample in ordered_map(_render, jobs, pool_size(workers, len(jobs), "sample")):
+                _write(writer, sample)
+                bar.update()
+        except WorkerDied:
+            raise CrossmodalError(
+                f"a rendering worker process died without an error (killed, or out of "
+                f"memory); the samples written to {out} so far are kept: re-run the same "
+                f"command to complete it (with fewer --workers if memory ran out)") from None
         bar.close()
     if preview:
         samples = [render_sample(p, seed, config) for p in plans[:12]]

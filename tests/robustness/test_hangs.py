@@ -259,8 +259,8 @@ def test_a_killed_synth_worker_ends_synth(tmp_path):
     args = ["-q", "synth", "--out", str(out), "--count", "400", "--size", "64", "--workers",
             "2"]
     script = ("import sys\n"
-              "import crossmodal.synth.generate as generate\n"
-              "generate.available_cores = lambda: 2  # a pool of two even on one core\n"
+              "import crossmodal.parallel as parallel\n"
+              "parallel.available_cores = lambda: 2  # a pool of two even on one core\n"
               "from crossmodal.cli import main\n"
               f"sys.exit(main({args!r}))\n")
     process = subprocess.Popen([sys.executable, "-c", script],
@@ -275,6 +275,7 @@ def test_a_killed_synth_worker_ends_synth(tmp_path):
 def test_an_exception_in_a_synth_worker_names_the_sample(tmp_path, monkeypatch):
     """A failure inside a rendering worker ends ``generate`` at once, its traceback naming
     the sample (before the fix: the error did not say which sample)."""
+    import crossmodal.parallel as parallel
     import crossmodal.synth.generate as module
 
     def render(planned, seed, config):
@@ -284,7 +285,7 @@ def test_an_exception_in_a_synth_worker_names_the_sample(tmp_path, monkeypatch):
 
     render_sample = module.render_sample
     monkeypatch.setattr(module, "render_sample", render)
-    monkeypatch.setattr(module, "available_cores", lambda: 2)  # a pool, even on one core
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)  # a pool, even on one core
     with pytest.raises(ValueError, match="injected failure") as info:
         generate(tmp_path / "faces", 6, workers=2, progress=False,
                  config=replace(SynthConfig(), size=64))

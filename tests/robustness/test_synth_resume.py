@@ -68,14 +68,14 @@ def test_leftover_temporaries_of_a_killed_write_are_removed(whole, part):
 
 def test_workers_default_to_the_available_cores():
     args = build_parser().parse_args(["synth", "--out", "x", "--count", "1"])
-    assert args.workers is None  # resolved to len(os.sched_getaffinity(0)) by generate
+    assert args.workers is None  # resolved by crossmodal.parallel.pool_size
 
 
 def test_workers_beyond_the_samples_left_are_capped_with_a_note(whole, part, caplog):
     os.unlink(part / "images/synth_000005.png")  # one sample left to render
-    with caplog.at_level(logging.INFO, logger="crossmodal.synth.generate"):
+    with caplog.at_level(logging.INFO, logger="crossmodal.parallel"):
         generate(part, COUNT, config=SMALL, workers=64, progress=False)
-    assert "--workers 64 capped to 1 (1 sample to render" in caplog.text
+    assert "--workers 64 capped to 1 (1 sample left" in caplog.text
     assert folder_digest(part) == folder_digest(whole)
 
 
