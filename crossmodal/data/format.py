@@ -34,11 +34,13 @@ from types import TracebackType
 import numpy as np
 
 from .. import io
-from ..errors import InputError
+from ..errors import CrossmodalError, InputError
 from ..fileutil import atomic_write, read_text, remove_temporaries, require_file
 from ..normals import check_normals
+from ..provenance import settings_changes
 
 __all__ = [
+    "claim_folder",
     "COLUMNS",
     "INFO_FILE",
     "KINDS",
@@ -489,3 +491,55 @@ class DatasetWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def claim_folder(out: PathLike, record: dict, *, record_file: str, producer: str,
+                 names: dict[str, str] | None = None) -> None:
+    """Record how a producer (``synth``, a ``prepare`` recipe) fills the dataset folder
+    ``out`` -- ``record``, its options, as JSON in ``out/record_file`` -- or check that a
+    re-run's options match the ones recorded, so that it completes the same dataset rather
+    than mixing two in one folder.
+
+    Refused before anything is written: a folder holding a dataset the producer did not
+    write (``dataset.json`` without ``record_file``: producers write the record first), and
+    one made with other options that holds finished rows (the message names each changed
+    option, by ``names`` where given). A folder without a finished row (a run stopped
+    before its first was saved, say with a wrong option) starts afresh with the new record.
+
+    Raises:
+        CrossmodalError: naming the folder and the fix.
+    """
+    out = Path(out)
+    record = json.loads(json.dumps(record))  # as it reads back: lists, not tuples
+    path = out / record_file
+    if path.is_file():
+        try:
+            old = json.loads(read_text(path, f"{producer} options"))
+        except json.JSONDecodeError as err:
+            raise CrossmodalError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
+                                  f"delete the folder {out} or choose a new --out") from None
+        if old == record:
+            return
+        changes = (", ".join(settings_changes(old, record, names)) if isinstance(old, dict)
+                   else f"not {producer} options")
+        if _finished_rows(out):
+            raise CrossmodalError(
+                f"{out} was made by {producer} with other options ({path}: {changes}); "
+                f"re-run with the same options to complete it, delete the folder, or "
+                f"choose a new --out")
+        log.info("%s: no sample was finished with its earlier options (%s); starting afresh",
+                 out, changes)
+        for name in (INFO_FILE, SAMPLES_FILE):
+            (out / name).unlink(missing_ok=True)
+    elif (out / INFO_FILE).exists():
+        raise CrossmodalError(f"--out {out} holds a dataset not written by {producer} "
+                              f"({INFO_FILE} without {record_file}); choose a new --out")
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _finished_rows(out: Path) -> int:
+    path = out / SAMPLES_FILE
+    if not path.is_file():
+        return 0
+    lines = [line for line in read_text(path, "sample list").splitlines() if line.strip()]
+    return max(0, len(lines) - 1)  # less the header

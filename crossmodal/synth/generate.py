@@ -25,11 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__, io, viz
-from ..data.format import INFO_FILE, SAMPLES_FILE, DatasetInfo, DatasetWriter
+from ..data.format import DatasetInfo, DatasetWriter, claim_folder
 from ..errors import CrossmodalError
-from ..fileutil import atomic_write, check_output, read_text
+from ..fileutil import check_output
 from ..parallel import WorkerDied, check_workers, ordered_map, pool_size
-from ..provenance import settings_changes
 from .sampler import PlannedSample, SynthConfig, SynthSample, plan_dataset, render_sample
 
 __all__ = ["contact_sheet", "generate"]
@@ -63,45 +62,6 @@ _OPTION_NAMES = {"count": "--count", "seed": "--seed", "config.size": "--size",
                  "config.test_fraction": "--test"}
 
 
-def _finished_rows(out: Path) -> int:
-    path = out / SAMPLES_FILE
-    if not path.is_file():
-        return 0
-    lines = [line for line in read_text(path, "sample list").splitlines() if line.strip()]
-    return max(0, len(lines) - 1)  # less the header
-
-
-def _check_folder(out: Path, options: dict) -> None:
-    """Refuse, before anything is written, an ``out`` holding another dataset: one synth
-    did not write (synth writes ``synth.json`` before ``dataset.json``), or one generated
-    with other ``options`` that has finished samples. One without any (stopped before its
-    first sample was saved) is started again with the new ``options``, so a run begun with
-    a wrong option and stopped at once does not block the corrected one."""
-    path = out / OPTIONS_FILE
-    if not path.exists():
-        if (out / INFO_FILE).exists():
-            raise CrossmodalError(f"--out {out} holds a dataset not written by synth "
-                                  f"({INFO_FILE} without {OPTIONS_FILE}); choose a new --out")
-        return
-    try:
-        old = json.loads(read_text(path, "synth options"))
-    except json.JSONDecodeError as err:
-        raise CrossmodalError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
-                              f"delete the folder {out} or choose a new --out") from None
-    if old == options:
-        return
-    found = (", ".join(settings_changes(old, options, _OPTION_NAMES))
-             if isinstance(old, dict) else "not synth options")
-    if _finished_rows(out):
-        raise CrossmodalError(
-            f"{out} was generated with other options ({path}: {found}); re-run with the "
-            f"same options to complete it, delete the folder, or choose a new --out")
-    log.info("%s: no sample was finished with its earlier options (%s); starting afresh",
-             out, found)
-    for name in (OPTIONS_FILE, INFO_FILE, SAMPLES_FILE):
-        (out / name).unlink(missing_ok=True)
-
-
 def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig | None = None,
              workers: int | None = None, preview: bool = False,
              progress: bool = True) -> Path:
@@ -121,11 +81,8 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
         raise CrossmodalError(f"--seed must be a non-negative integer, got {seed}")
     check_workers(workers)
     check_output(out, inputs={}, what="--out", kind="folder")
-    options = _options(count, seed, config)
-    _check_folder(out, options)
-    if not (out / OPTIONS_FILE).exists():
-        atomic_write(out / OPTIONS_FILE,
-                     lambda tmp: tmp.write_text(json.dumps(options, indent=2) + "\n"))
+    claim_folder(out, _options(count, seed, config), record_file=OPTIONS_FILE,
+                 producer="synth", names=_OPTION_NAMES)
     info = DatasetInfo(
         name=out.name, source="synthetic faces rendered from ICT-FaceKit Light",
         license="MIT (face model: ICT-FaceKit, USC ICT; see crossmodal/assets/ict_face_light)",

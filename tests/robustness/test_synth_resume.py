@@ -138,7 +138,7 @@ def test_a_folder_with_finished_samples_of_other_options_names_the_differences(
     before = folder_digest(part)
     assert main(["synth", "--out", str(part), "--count", "8", "--size", "32", "--kinds",
                  "1,0,0"]) == 2
-    assert (f"{part} was generated with other options ({part / 'synth.json'}: --count 6 "
+    assert (f"{part} was made by synth with other options ({part / 'synth.json'}: --count 6 "
             f"(now 8), --size 64 (now 32)); re-run with the same options to complete it, "
             f"delete the folder, or choose a new --out") in one_error_line(capsys)
     assert folder_digest(part) == before
