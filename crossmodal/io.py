@@ -56,6 +56,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "MAX_PIXELS_ENV",
     "NORMAL_SUFFIXES",
+    "check_pixels",
     "max_image_pixels",
     "quantize",
     "read_image",
@@ -129,8 +130,8 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
     return limit
 
 
-def _check_pixels(path: Path, what: str, width: int, height: int,
-                  max_pixels: int | None) -> None:
+def check_pixels(path: Path, what: str, width: int, height: int,
+                 max_pixels: int | None) -> None:
     """Refuse a ``width`` x ``height`` image above :func:`max_image_pixels`."""
     limit, pixels = max_image_pixels(max_pixels), width * height
     if pixels > limit:
@@ -181,7 +182,7 @@ _JPEG_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 def _jpeg_reduction(width: int, height: int, max_pixels: int | None) -> int:
     """The smallest of 1, 2, 4, 8 that brings a ``width`` x ``height`` JPEG within
     :func:`max_image_pixels` (1 when it already is; 8 even when that is not enough, which
-    :func:`_check_pixels` then refuses)."""
+    :func:`check_pixels` then refuses)."""
     limit = max_image_pixels(max_pixels)
     return next((f for f in (1, 2, 4, 8) if -(-width // f) * -(-height // f) <= limit), 8)
 
@@ -202,8 +203,8 @@ def _decode_raster(path: Path, flags: int, what: str, max_pixels: int | None, *,
         if size is not None and 0 not in size:
             factor = (_jpeg_reduction(*size, max_pixels)
                       if reduce and start.startswith(_JPEG_START) else 1)
-            _check_pixels(path, what, -(-size[0] // factor), -(-size[1] // factor),
-                          max_pixels)
+            check_pixels(path, what, -(-size[0] // factor), -(-size[1] // factor),
+                         max_pixels)
             if factor > 1:
                 flags = _JPEG_REDUCED[factor]
                 logger.info("%s is %dx%d, above the limit of %s pixels: decoded at 1/%d of "
@@ -417,7 +418,7 @@ def _read_exr(path: Path, max_pixels: int | None) -> tuple[dict[str, str], np.nd
                 "dataWindow"]
         except (RuntimeError, ValueError, OSError, KeyError, TypeError) as err:
             raise corrupt(err) from None
-        _check_pixels(path, "normal map", int(x1 - x0) + 1, int(y1 - y0) + 1, max_pixels)
+        check_pixels(path, "normal map", int(x1 - x0) + 1, int(y1 - y0) + 1, max_pixels)
         try:
             exr = OpenEXR.File(str(path), separate_channels=True)
             header, channels = exr.header(), exr.channels()
@@ -453,7 +454,7 @@ def _read_npy(path: Path, max_pixels: int | None) -> np.ndarray:
     if not np.issubdtype(data.dtype, np.floating) or data.ndim != 3 or data.shape[2] != 3:
         raise InputError(f"{path}: expected a float (H, W, 3) normal map, got {data.dtype} "
                          f"{data.shape}")
-    _check_pixels(path, "normal map", data.shape[1], data.shape[0], max_pixels)
+    check_pixels(path, "normal map", data.shape[1], data.shape[0], max_pixels)
     return np.array(data)
 
 

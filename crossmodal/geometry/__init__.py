@@ -8,6 +8,7 @@ down, and depth growing away from the camera (:mod:`crossmodal.shapes`).
 from .depth import depth_to_normals
 from .integrate import INTEGRATION_METHODS, integrate_normals
 from .mesh import MESH_FORMATS, Mesh, depth_to_mesh, write_mesh
+from .photometric import photometric_stereo
 from .shading import Light, relight_views, shade
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "depth_to_mesh",
     "depth_to_normals",
     "integrate_normals",
+    "photometric_stereo",
     "relight_views",
     "shade",
     "write_mesh",
