@@ -262,6 +262,33 @@ def test_cast_shadow_matches_its_projection():
                                grey * (0.25 + np.sqrt(0.5)), rtol=1e-5)
 
 
+def checker() -> tuple[np.ndarray, np.ndarray]:
+    """An 8 x 8 uint8 texture of 4 x 4 cells (2 x 2 texels each) of distinct colours, and
+    the float colour of cell (row, col) counted from the top-left."""
+    rng = np.random.default_rng(3)
+    cells = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(cells, 2, axis=0), 2, axis=1), cells / 255.0
+
+
+@pytest.mark.parametrize("layout", ["per_vertex", "triangle_uvs"])
+def test_texture_samples_the_right_cells(layout):
+    s, size = 0.01, 256  # the quad [-1, 1]^2 covers 200 x 200 px
+    camera = Camera(size, size, None, s)
+    vertices, faces = quad(z=-2.0)
+    uvs = (vertices[:, :2] + 1) / 2  # (0, 0) bottom-left, v up
+    kw = dict(uvs=uvs) if layout == "per_vertex" else dict(
+        uvs=uvs[::-1].copy(), triangle_uvs=3 - faces)
+    texture, cells = checker()
+    result = render(vertices, faces, camera, texture=texture, ambient=1.0, **kw)
+    for row in range(4):
+        for col in range(4):
+            # Cell centre in UV, then in the world, then in pixels.
+            x = 2 * (col + 0.5) / 4 - 1
+            y = 2 * (1 - (row + 0.5) / 4) - 1
+            u, v = np.floor(camera.project(np.array([[x, y, -2.0]]))[0][0] + 0.5).astype(int)
+            np.testing.assert_allclose(result.image[v, u], cells[row, col], atol=1e-6)
+
+
 def test_vertex_colours_interpolate_barycentrically():
     camera = Camera(64, 64, None, 0.035)  # sees |x|, |y| < 1.12
     vertices, faces = quad(z=-2.0, half=1.2)
@@ -320,7 +347,12 @@ def test_camera_checks_and_perspective_constructor():
 def test_bad_inputs_fail_clearly():
     vertices, faces = quad()
     camera = Camera(8, 8, None, 0.3)
+    with pytest.raises(InputError, match="not both"):
+        render(vertices, faces, camera, vertex_colors=np.ones((4, 3)),
+               texture=np.ones((2, 2, 3)), uvs=np.zeros((4, 2)))
     with pytest.raises(InputError, match="index vertices"):
         render(vertices, faces + 2, camera)
+    with pytest.raises(InputError, match="needs uvs"):
+        render(vertices, faces, camera, texture=np.ones((2, 2, 3)))
     with pytest.raises(InputError, match="vertex_colors"):
         render(vertices, faces, camera, vertex_colors=np.ones((3, 3)))

@@ -56,7 +56,7 @@ from .camera import Camera
 
 __all__ = ["DEFAULT_ALBEDO", "LANDMARK_TOLERANCE", "SHADOW_OFFSET", "RenderResult", "render"]
 
-#: Albedo of a mesh rendered without vertex colours.
+#: Albedo of a mesh rendered without vertex colours or texture.
 DEFAULT_ALBEDO = 0.7
 #: A landmark is hidden when the camera ray to its vertex hits the mesh more than this
 #: fraction of the mesh's bounding-box diagonal before the vertex: 2.4 mm on the ICT-FaceKit
@@ -102,6 +102,9 @@ def render(
     *,
     lights: Light | Sequence[Light] = (),
     vertex_colors: np.ndarray | None = None,
+    texture: np.ndarray | None = None,
+    uvs: np.ndarray | None = None,
+    triangle_uvs: np.ndarray | None = None,
     ambient: float = 0.3,
     specular: float = 0.1,
     shininess: float = 20.0,
@@ -118,8 +121,12 @@ def render(
         camera: the :class:`Camera`; an orthographic one sees the whole mesh, whatever
             its z.
         lights: directional :class:`~crossmodal.geometry.Light` s (none: ambient only).
-        vertex_colors: ``(V, 3)`` albedo per vertex, floats in [0, 1] or uint8,
-            interpolated barycentrically.
+        vertex_colors: ``(V, 3)`` albedo per vertex, interpolated barycentrically.
+        texture: ``(Ht, Wt, 3)`` albedo image, sampled bilinearly (clamped at the border)
+            at the interpolated UVs. Colours are floats in [0, 1] or uint8.
+        uvs: ``(U, 2)`` texture coordinates in [0, 1], v upwards (OBJ): (0, 0) is the
+            bottom-left corner of ``texture``.
+        triangle_uvs: ``(T, 3)`` indices into ``uvs``; None when ``uvs`` is per vertex.
         ambient, specular, shininess: as for :func:`~crossmodal.geometry.shade`.
         shadows: cast a shadow ray per lit pixel and light.
         background: ``(H, W, 3)`` image shown outside the mask (None: black).
@@ -129,17 +136,20 @@ def render(
             normals (False).
 
     Returns:
-        A :class:`RenderResult`. Without vertex colours the albedo is
+        A :class:`RenderResult`. Without vertex colours or texture the albedo is
         :data:`DEFAULT_ALBEDO` grey.
 
     Raises:
-        InputError: arrays of the wrong shape or indices out of range.
+        InputError: arrays of the wrong shape, indices out of range, both vertex colours
+            and a texture, or a texture without UVs.
     """
     vertices = _array(vertices, np.float64, (None, 3), "vertices")
     triangles = _array(triangles, np.int64, (None, 3), "triangles")
     if len(triangles) and not (0 <= triangles.min() and triangles.max() < len(vertices)):
         raise InputError(f"triangles index vertices 0..{len(vertices) - 1}, got "
                          f"{triangles.min()}..{triangles.max()}")
+    if vertex_colors is not None and texture is not None:
+        raise InputError("pass vertex_colors or texture, not both")
     h, w = camera.height, camera.width
 
     mesh = trimesh.Trimesh(vertices, triangles, process=False)
@@ -183,8 +193,9 @@ def render(
     else:
         normals = face_n
 
-    albedo = np.broadcast_to(_albedo(vertex_colors, len(vertices), corner_ids, bary),
-                             (3, len(tri)))
+    albedo = np.broadcast_to(
+        _albedo(vertex_colors, texture, uvs, triangle_uvs, len(vertices), triangles, tri,
+                corner_ids, bary), (3, len(tri)))
     lights = [lights] if isinstance(lights, Light) else list(lights)
     radiance = _shade(intersector, points, face_n, normals, albedo, lights, ambient=ambient,
                       specular=specular, shininess=shininess, shadows=shadows,
@@ -304,14 +315,40 @@ def _interpolate(values: np.ndarray, corner_ids: np.ndarray, bary: np.ndarray) -
     return sum(np.take(values, ids, axis=1) * weight for ids, weight in zip(corner_ids, bary))
 
 
-def _albedo(vertex_colors, n_vertices: int, corner_ids: np.ndarray,
-            bary: np.ndarray) -> np.ndarray | float:
-    """Albedo at the hits: ``(3, N)`` interpolated from the vertex colours, else the
-    default grey."""
-    if vertex_colors is None:
+def _albedo(vertex_colors, texture, uvs, triangle_uvs, n_vertices: int, triangles: np.ndarray,
+            tri: np.ndarray, corner_ids: np.ndarray, bary: np.ndarray) -> np.ndarray | float:
+    """Albedo at the hits: ``(3, N)`` from colours or texture, else the default grey."""
+    if vertex_colors is not None:
+        colors = _colors(vertex_colors, (n_vertices, 3), "vertex_colors")
+        return _interpolate(colors.T, corner_ids, bary)
+    if texture is None:
         return DEFAULT_ALBEDO
-    colors = _colors(vertex_colors, (n_vertices, 3), "vertex_colors")
-    return _interpolate(colors.T, corner_ids, bary)
+    if uvs is None:
+        raise InputError("a texture needs uvs (and triangle_uvs unless uvs are per vertex)")
+    tex = _colors(texture, (None, None, 3), "texture")
+    uvs = _array(uvs, np.float64, (None, 2), "uvs")
+    if triangle_uvs is None:
+        uv_ids = triangles
+    else:
+        uv_ids = _array(triangle_uvs, np.int64, (len(triangles), 3), "triangle_uvs")
+    if uv_ids.size and not (0 <= uv_ids.min() and uv_ids.max() < len(uvs)):
+        raise InputError(f"UV indices must lie in 0..{len(uvs) - 1}, got "
+                         f"{uv_ids.min()}..{uv_ids.max()}")
+    return _bilinear(tex, _interpolate(uvs.T, uv_ids[tri].T, bary))
+
+
+def _bilinear(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Sample ``(Ht, Wt, 3)`` at ``(2, N)`` UVs (v up, texel centres at (i + 0.5) / size),
+    clamped at the border. Returns ``(3, N)``."""
+    ht, wt = texture.shape[:2]
+    x = np.clip(uv[0] * wt - 0.5, 0.0, wt - 1)
+    y = np.clip((1.0 - uv[1]) * ht - 0.5, 0.0, ht - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, wt - 1), np.minimum(y0 + 1, ht - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
+    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).T
 
 
 def _shade(intersector: RayMeshIntersector, points: np.ndarray, face_n: np.ndarray,
