@@ -22,6 +22,7 @@ from .errors import CrossmodalError, loader_worker_death
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "crossmodal.commands.synth",
+    "crossmodal.commands.prepare",
     "crossmodal.commands.train",
     "crossmodal.commands.normal_tools",
     "crossmodal.commands.checkpoints",

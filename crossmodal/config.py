@@ -29,6 +29,7 @@ builds the dataclasses, and :func:`config_to_dict` turns them into lists again.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -48,14 +49,17 @@ from .models.losses import LOSS_TERMS
 from .models.net import ROUTE_INPUTS, ROUTE_OUTPUTS, ROUTES, ModelConfig
 from .provenance import git_state
 
-__all__ = ["AMP_MODES", "LR_SCHEDULES", "ConfigError", "DataConfig", "ExperimentConfig",
-           "OptimConfig", "ScheduleConfig", "TrainConfig", "config_from_dict", "config_to_dict",
-           "load_config", "save_run_config"]
+__all__ = ["AMP_MODES", "DATA_ROOT_VARIABLE", "LR_SCHEDULES", "ConfigError", "DataConfig",
+           "ExperimentConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
+           "config_from_dict", "config_to_dict", "default_data_root", "load_config",
+           "save_run_config"]
 
 #: Values of :attr:`TrainConfig.amp`.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: Values of :attr:`OptimConfig.schedule`.
 LR_SCHEDULES = ("constant", "cosine")
+#: The environment variable giving the data root of configs that do not set ``data.root``.
+DATA_ROOT_VARIABLE = "CROSSMODAL_DATA"
 _BASE_KEY = "_base_"
 _OVERRIDE_FORM = "key=value with a dotted key, e.g. train.max_steps=100 or data.paired=[a,b]"
 
@@ -64,13 +68,22 @@ class ConfigError(CrossmodalError):
     """An experiment file, an override or a stored config is wrong; the message says where."""
 
 
+def default_data_root() -> str:
+    """``data.root`` when no file or override sets it: ``$CROSSMODAL_DATA`` when set and
+    not empty, else ``data``, so one variable points every experiment at the folder holding
+    the prepared datasets (``crossmodal prepare NAME --out $CROSSMODAL_DATA/NAME``)."""
+    return os.environ.get(DATA_ROOT_VARIABLE) or "data"
+
+
 @dataclass
 class DataConfig:
     """Where batches come from (paper §3.3, §4.1).
 
     Attributes:
-        root: data root; relative dataset paths below are resolved against it (and it,
-            if relative, against the current directory).
+        root: data root; relative dataset paths below are resolved against it. Default:
+            :func:`default_data_root` (``$CROSSMODAL_DATA``, else ``data``).
+            :func:`load_config` makes it absolute (a relative one is taken from the current
+            directory), so a run's ``config.yaml`` records the folder it read.
         paired, image, normal: dataset folders (docs/design.md §3) providing each data type:
             a folder listed under ``paired`` contributes its paired rows, under ``image``
             its image-only rows, under ``normal`` its normal-only rows.
@@ -86,7 +99,7 @@ class DataConfig:
             fields); ``{}`` for the defaults, ``null`` for none.
     """
 
-    root: str = "data"
+    root: str = field(default_factory=default_data_root)
     paired: list[str] = field(default_factory=list)
     image: list[str] = field(default_factory=list)
     normal: list[str] = field(default_factory=list)
@@ -297,7 +310,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
             (``train.max_steps=100``, ``data.paired=[a,b]``); merged last, in order.
 
     Returns:
-        The validated, fully resolved config.
+        The validated, fully resolved config; ``data.root`` absolute (``~`` expanded, a
+        relative root taken from the current directory).
 
     Raises:
         ConfigError: unreadable or invalid YAML, a ``_base_`` cycle or missing base, an
@@ -308,7 +322,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     layers = _file_layers(path, ())
     layers += [_override_layer(item, path) for item in overrides]
     where = f"{path} with overrides {' '.join(overrides)}" if overrides else str(path)
-    return _build(layers, where)
+    config = _build(layers, where)
+    # The folder actually read, whatever directory a later command (eval, resume) runs in.
+    config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
+    return config
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:

@@ -250,8 +250,11 @@ def test_from_dict_is_validated_and_literal(tmp_path):
         config_from_dict({"train": {"steps": 3}})
     config = config_from_dict({"name": "a${b}", "run_dir": "runs/${x}"})
     assert (config.name, config.run_dir) == ("a${b}", "runs/${x}")
-    # Missing keys take the schema's defaults, as an empty experiment file does.
-    assert config_from_dict({}) == load_config(_write(tmp_path / "empty.yaml", ""))
+    # Missing keys take the schema's defaults, as an empty experiment file does (whose
+    # data root load_config makes absolute).
+    from_file = load_config(_write(tmp_path / "empty.yaml", ""))
+    assert config_from_dict({"data": {"root": from_file.data.root}}) == from_file
+    assert Path(from_file.data.root) == Path(config_from_dict({}).data.root).absolute()
 
 
 def test_save_run_config_writes_three_files_and_reloads(tmp_path):
@@ -274,3 +277,33 @@ def test_save_run_config_without_git(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "overrides.txt").read_text(encoding="utf-8") == ""
     assert config_from_dict(yaml.safe_load(
         (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))) == config
+
+
+@pytest.mark.parametrize("name", ["base", "photoface_finetune"])
+def test_the_data_root_is_crossmodal_data_else_data(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CROSSMODAL_DATA", raising=False)
+    assert load_config(EXPERIMENTS / f"{name}.yaml").data.root == str(tmp_path / "data")
+    monkeypatch.setenv("CROSSMODAL_DATA", "")  # set but empty: as if unset
+    assert load_config(EXPERIMENTS / f"{name}.yaml").data.root == str(tmp_path / "data")
+    monkeypatch.setenv("CROSSMODAL_DATA", str(tmp_path / "faces"))
+    assert load_config(EXPERIMENTS / f"{name}.yaml").data.root == str(tmp_path / "faces")
+    monkeypatch.setenv("CROSSMODAL_DATA", "rel/../faces2")  # relative: from the current dir
+    assert load_config(EXPERIMENTS / f"{name}.yaml").data.root == str(tmp_path / "faces2")
+    # An override, or a file that sets it, wins over the variable.
+    config = load_config(EXPERIMENTS / f"{name}.yaml", ["data.root=elsewhere"])
+    assert config.data.root == str(tmp_path / "elsewhere")
+    assert load_config(EXPERIMENTS / "quickstart.yaml").data.root == str(tmp_path / "data")
+
+
+def test_a_run_records_the_data_root_it_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CROSSMODAL_DATA", "faces")
+    config = load_config(EXPERIMENTS / "base.yaml")
+    save_run_config(config, tmp_path / "run", [], EXPERIMENTS / "base.yaml")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["data"]["root"] == str(tmp_path / "faces")
+    # Read back elsewhere, with the variable changed, the run still names what it read.
+    monkeypatch.chdir(tmp_path / "run")
+    monkeypatch.setenv("CROSSMODAL_DATA", "/other")
+    assert load_config(tmp_path / "run" / "config.yaml") == config
