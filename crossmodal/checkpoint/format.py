@@ -36,7 +36,7 @@ from torch import nn
 from ..config import ConfigError, config_from_dict
 from ..errors import CrossmodalError
 from ..fileutil import atomic_write, load_torch_file
-from ..models import CrossModalNet, ModelConfig
+from ..models import ModelConfig, build_network
 from ..provenance import git_state
 
 __all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "build_model", "check_finite_weights",
@@ -246,12 +246,13 @@ def check_finite_weights(state: dict, source: str | os.PathLike, *, fix: str) ->
                               f"{_first(broken)}; {fix}")
 
 
-def build_model(checkpoint: dict) -> CrossModalNet:
+def build_model(checkpoint: dict) -> nn.Module:
     """Rebuild the network from ``checkpoint["config"]["model"]`` alone (without its
-    ``imagenet_weights``, see :func:`_model_config`) and load its weights strictly;
-    returned on the CPU in eval mode."""
+    ``imagenet_weights``, see :func:`_model_config`) by
+    :func:`~crossmodal.models.build_network` (a CrossModalNet, or the Pix2Pix generator for
+    variant ``pix2pix``) and load its weights strictly; returned on the CPU in eval mode."""
     config = _model_config(checkpoint["config"]["model"], source="checkpoint config")
-    model = CrossModalNet(config)
+    model = build_network(config)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as err:

@@ -1,4 +1,5 @@
-"""The cross-modal network (paper §3.1-3.2, Fig. 2) and its ablation variants (Fig. 6).
+"""The cross-modal network (paper §3.1-3.2, Fig. 2), its ablation variants (Fig. 6) and the
+model config, which also selects the Pix2Pix baseline (:mod:`crossmodal.models.pix2pix`).
 
 Two encoder/decoder pairs share one latent space: image (E_I, D_I) and normal (E_N, D_N),
 with deactivable skip connections from E_I to D_N. The default configuration reproduces
@@ -20,12 +21,18 @@ from .decoder import Decoder
 from .encoder import ResNetEncoder, encoder_channels
 from .resnet import load_imagenet_weights
 
-__all__ = ["OUTPUT_ACTIVATIONS", "ROUTES", "ROUTE_INPUTS", "ROUTE_OUTPUTS", "VARIANTS",
-           "CrossModalNet", "ModelConfig"]
+__all__ = ["MODEL_VARIANTS", "OUTPUT_ACTIVATIONS", "PIX2PIX", "ROUTES", "ROUTE_INPUTS",
+           "ROUTE_OUTPUTS", "VARIANTS", "CrossModalNet", "ModelConfig"]
 
 #: Fig. 6: (a) the full model, (b) without skip connections, (c) without E_N (standard
 #: skips), (d) without E_N and D_I, i.e. a plain U-Net with standard skips.
 VARIANTS = ("full", "no_skips", "no_normal_encoder", "plain_unet")
+#: The baseline of "Normal Map Estimation in the Wild" (docs/design.md §10): another
+#: family, :class:`~crossmodal.models.pix2pix.Pix2PixGenerator`, not a CrossModalNet, so it
+#: is not in :data:`VARIANTS`, which code and tests iterate to build CrossModalNets.
+PIX2PIX = "pix2pix"
+#: Every value of ``model.variant``; :func:`crossmodal.models.build_network` builds each.
+MODEL_VARIANTS = (*VARIANTS, PIX2PIX)
 #: The passes of the training schedule (§3.3).
 ROUTES = ("image_to_normal", "normal_to_normal", "image_to_image")
 #: What each pass reads: an image or a normal map, ``(B, 3, H, W)``.
@@ -49,8 +56,12 @@ _STRUCTURE = {  # variant -> (has E_N, has D_I, skip mode of D_N)
 class ModelConfig:
     """Everything that defines the network; stored in every checkpoint.
 
+    The fields up to ``imagenet_weights`` define the cross-modal network; the variant
+    ``pix2pix`` ignores them (they are neither used nor checked) and reads the last three.
+
     Attributes:
-        variant: one of :data:`VARIANTS`.
+        variant: one of :data:`MODEL_VARIANTS`: a cross-modal variant (:data:`VARIANTS`) or
+            ``pix2pix``, the Pix2Pix baseline.
         trunk_width: base width w of both encoders' ResNet-18 trunks (stages of w, w, 2w,
             4w, 8w channels) and of their full-resolution branch; the skips then have
             4w, 2w, w, w, w channels (deep to shallow) and the latent 8w. The default, 64,
@@ -65,6 +76,13 @@ class ModelConfig:
             the Wild", docs/design.md §10) before the L2 normalisation of the normal output.
         imagenet_weights: optional path to a local torchvision ``resnet18`` state dict
             initialising both encoders' trunks; None keeps random init as in the paper.
+            Must stay None for ``pix2pix``, whose init is N(0, 0.02).
+        pix2pix_width: ``pix2pix``'s generator base width w: its four encoder levels have
+            w, 2w, 4w, 8w channels (Pix2Pix's 64 ... 512 at the default, 64).
+        discriminator_width: ``pix2pix``'s PatchGAN first-layer channels (Pix2Pix: 64),
+            doubled per layer up to 8x.
+        discriminator_layers: ``pix2pix``'s PatchGAN stride-2 layers n (Pix2Pix: 3, the
+            70x70 PatchGAN); its logits are H / 2^n - 2 on a side.
     """
 
     variant: str = "full"
@@ -74,15 +92,33 @@ class ModelConfig:
     head_channels: int = 64
     output_activation: str = "none"
     imagenet_weights: str | None = None
+    pix2pix_width: int = 64
+    discriminator_width: int = 64
+    discriminator_layers: int = 3
 
     def __post_init__(self) -> None:
         self.normal_decoder_widths = tuple(int(w) for w in self.normal_decoder_widths)
         self.image_decoder_widths = tuple(int(w) for w in self.image_decoder_widths)
-        for name, value, valid in (("variant", self.variant, VARIANTS),
+        for name, value, valid in (("variant", self.variant, MODEL_VARIANTS),
                                    ("output_activation", self.output_activation,
                                     OUTPUT_ACTIVATIONS)):
             if value not in valid:
                 raise InputError(f"model.{name} {value!r} is not one of {', '.join(valid)}")
+        if self.variant == PIX2PIX:
+            self._check_pix2pix()
+        else:
+            self._check_cross_modal()
+
+    def _check_pix2pix(self) -> None:
+        for name in ("pix2pix_width", "discriminator_width", "discriminator_layers"):
+            if getattr(self, name) < 1:
+                raise InputError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.imagenet_weights:
+            raise InputError(f"model.imagenet_weights initialises the cross-modal ResNet-18 "
+                             f"trunks, which the {PIX2PIX!r} variant does not have; leave it "
+                             f"unset")
+
+    def _check_cross_modal(self) -> None:
         if self.trunk_width < 1:
             raise InputError(f"model.trunk_width must be positive, got {self.trunk_width}")
         channels = encoder_channels(self.trunk_width)
@@ -130,6 +166,10 @@ class CrossModalNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or ModelConfig()
+        if config.variant not in VARIANTS:
+            raise InputError(f"model.variant {config.variant!r} is not a cross-modal variant "
+                             f"({', '.join(VARIANTS)}); build the network with "
+                             f"crossmodal.models.build_network")
         has_normal_encoder, has_image_decoder, skip_mode = _STRUCTURE[config.variant]
         width = config.trunk_width
         self.image_encoder = ResNetEncoder(full_resolution=skip_mode != "none", width=width)
