@@ -45,7 +45,7 @@ from .data.format import KIND_ENTRIES, KINDS
 from .errors import CrossmodalError, InputError
 from .fileutil import atomic_write, read_text
 from .image_size import check_image_size
-from .models.losses import LOSS_TERMS
+from .models.losses import CRITIC_TERMS, LOSS_TERMS
 from .models.net import ROUTE_INPUTS, ROUTE_OUTPUTS, ROUTES, ModelConfig
 from .provenance import git_state
 
@@ -148,11 +148,17 @@ class ScheduleConfig:
             normal->normal. A route must find its input and its loss targets in the type's
             samples.
         loss_weights: ``{route: {term: weight}}``: the loss terms each pass sums, weighted
-            (``normal``: eq. 1, the masked cosine loss on the normals; ``image``: eq. 2, the
-            masked L2 loss on the decoded image; the paper weighs them equally). A weight
-            of 0 leaves the term out, so parameters only it reaches get no gradient; a pass
-            left without terms is not run, and a data type left without passes gets no
-            batches.
+            (:data:`~crossmodal.models.losses.LOSS_TERMS`). The paper's: ``normal``, eq. 1,
+            the masked cosine loss on the normals, and ``image``, eq. 2, the masked L2 loss
+            on the decoded image, weighed equally. The Pix2Pix baseline's ("Normal Map
+            Estimation in the Wild", ``experiments/pix2pix.yaml``), on the normals:
+            ``normal_mse`` (L_rec), ``perceptual`` (L_vgg, VGG16 features; needs
+            ``train.vgg16_weights``) and ``adversarial`` (L_adv: a PatchGAN discriminator,
+            conditioned on the image, judges the prediction; the trainer then alternates a
+            discriminator step with each such pass). A weight of 0 leaves the term out, so
+            parameters only it reaches get no gradient, and a network only it needs is not
+            built; a pass left without terms is not run, and a data type left without
+            passes gets no batches.
 
     A schedule ablation is a diff, e.g. ``schedule.loss_weights.image_to_image.image=0``.
     """
@@ -184,8 +190,9 @@ class ScheduleConfig:
                 if route not in ROUTES:
                     raise InputError(f"schedule.{kind}: unknown route {route!r}; valid: "
                                      f"{', '.join(ROUTES)}")
-                weights = self.loss_weights.get(route, {})
-                needs = {ROUTE_INPUTS[route], *(LOSS_TERMS[t][0] for t, w in weights.items() if w)}
+                weighted = [t for t, w in self.loss_weights.get(route, {}).items() if w]
+                needs = {ROUTE_INPUTS[route], *(LOSS_TERMS[t][0] for t in weighted),
+                         *(e for t in weighted for e in CRITIC_TERMS.get(t, ()))}
                 missing = sorted(needs - set(KIND_ENTRIES[kind]))
                 if missing:
                     raise InputError(f"schedule.{kind}: the {route} pass needs "
@@ -208,6 +215,10 @@ class OptimConfig:
         warmup_steps: the first steps rise linearly from ``lr / warmup_steps`` to ``lr``
             (either schedule); 0 for none.
         min_lr: where ``cosine`` ends.
+        discriminator_lr: the rate of the discriminator's own Adam (same betas and weight
+            decay), built when a pass weighs the ``adversarial`` term; it follows the
+            generator's warm-up and schedule, scaled by ``discriminator_lr / lr``. None
+            (the default) is ``lr``, as in Pix2Pix.
 
     The rate of every step is a function of the step alone
     (:func:`crossmodal.engine.lr_schedule.learning_rate`), so a resumed run follows the
@@ -220,6 +231,7 @@ class OptimConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr: float = 0.0
+    discriminator_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in LR_SCHEDULES:
@@ -230,6 +242,16 @@ class OptimConfig:
         if not 0 <= self.min_lr <= self.lr:
             raise InputError(f"optim.min_lr must be in [0, optim.lr={self.lr:g}], got "
                              f"{self.min_lr:g}")
+        if self.discriminator_lr is not None and not (self.discriminator_lr >= 0
+                                                      and self.lr > 0):
+            raise InputError(f"optim.discriminator_lr must be >= 0 and scales a positive "
+                             f"optim.lr, got {self.discriminator_lr:g} with optim.lr "
+                             f"{self.lr:g}")
+
+    @property
+    def discriminator_scale(self) -> float:
+        """The discriminator's rate over the generator's, at every step."""
+        return 1.0 if self.discriminator_lr is None else self.discriminator_lr / self.lr
 
 
 @dataclass
@@ -253,6 +275,10 @@ class TrainConfig:
         init_from: a checkpoint whose model weights initialise training; optimizer and
             step start fresh (e.g. fine-tuning, ``photoface_finetune.yaml``). None trains
             from scratch.
+        vgg16_weights: a local copy of torchvision's ImageNet ``vgg16`` state dict
+            (``vgg16-397923af.pth``), read only when a pass weighs the ``perceptual`` term,
+            and then required: training stops before its first step without it. A loss
+            input, not part of the model: checkpoints and inference never need it.
     """
 
     epochs: int = 40
@@ -267,6 +293,7 @@ class TrainConfig:
     val_batches: int = 0
     image_every: int = 0
     init_from: str | None = None
+    vgg16_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:

@@ -13,7 +13,7 @@ import yaml
 from crossmodal.config import (ConfigError, config_from_dict, config_to_dict, load_config,
                                save_run_config)
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import VARIANTS, CrossModalNet
+from crossmodal.models import PIX2PIX, VARIANTS, CrossModalNet, build_network
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 ABLATIONS = ("no_skips", "no_normal_encoder", "plain_unet")
@@ -30,15 +30,42 @@ def test_every_experiment_loads_and_builds_its_model(path):
     config = load_config(path)
     assert config.name == path.stem
     assert config.run_dir == f"runs/{path.stem}"
-    model = CrossModalNet(config.model)
-    expected = path.stem if path.stem in VARIANTS else "full"
+    model = build_network(config.model)
+    expected = (PIX2PIX if path.stem.startswith(PIX2PIX)
+                else path.stem if path.stem in VARIANTS else "full")
     assert model.config.variant == config.model.variant == expected
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_experiment_set_is_complete():
     names = {p.stem for p in EXPERIMENTS.glob("*.yaml")}
-    assert {"base", *ABLATIONS, "photoface_finetune", "quickstart", "smoke"} <= names
+    assert {"base", *ABLATIONS, "photoface_finetune", "quickstart", "smoke", "pix2pix",
+            "pix2pix_quickstart"} <= names
+
+
+def test_pix2pix_is_the_seeds_recipe_and_its_quickstart_the_quickstarts_budget():
+    """"Normal Map Estimation in the Wild": L = 0.25 L_adv + 10 L_rec + 1 L_vgg, Adam 7e-4
+    (0.9, 0.999), 128 px, 90 degree turns, flips, photometric jitter; paired data only.
+    The quickstart row drops L_vgg (no VGG16 weights offline) and trains on
+    quickstart.yaml's data with its budget."""
+    config = load_config(EXPERIMENTS / "pix2pix.yaml")
+    assert config.model.variant == PIX2PIX
+    assert (config.schedule.paired, config.schedule.image, config.schedule.normal) == (
+        ["image_to_normal"], [], [])
+    weights = {t: w for t, w in config.schedule.loss_weights["image_to_normal"].items() if w}
+    assert weights == {"normal_mse": 10.0, "perceptual": 1.0, "adversarial": 0.25}
+    assert config.train.vgg16_weights.endswith("vgg16-397923af.pth")
+    assert (config.optim.lr, config.optim.betas) == (pytest.approx(7e-4), [0.9, 0.999])
+    assert config.data.image_size == 128 and config.data.augment["rot90"] is True
+    assert config.data.proportions == {"paired": 1.0, "image": 0.0, "normal": 0.0}
+    quick, cross = (load_config(EXPERIMENTS / f"{n}.yaml")
+                    for n in ("pix2pix_quickstart", "quickstart"))
+    assert quick.model == config.model and quick.optim == config.optim
+    assert quick.schedule.loss_weights["image_to_normal"]["perceptual"] == 0
+    assert quick.train.vgg16_weights is None
+    for key in ("root", "paired", "val", "image_size", "batch_size", "num_workers"):
+        assert getattr(quick.data, key) == getattr(cross.data, key), key
+    assert quick.train == cross.train
 
 
 def test_base_is_the_papers_recipe():

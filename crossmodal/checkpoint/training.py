@@ -2,9 +2,12 @@
 
 A checkpoint of the format (docs/design.md §8) plus, beside the model and the optimizer:
 ``"rng"`` (torch's CPU generator, and the CUDA one of the training device), ``"scaler"``
-(the fp16 GradScaler) and ``"world_size"`` (the processes that wrote it). With the data of
-step s a function of (seed, s) (:mod:`crossmodal.engine.schedule`), restoring these gives
-exactly the run an uninterrupted one would have been.
+(the fp16 GradScaler), ``"world_size"`` (the processes that wrote it) and, when the run
+trains one (an ``adversarial`` loss term), ``"discriminator"``: ``{"model": state dict,
+"optimizer": its Adam's state dict}``. With the data of step s a function of (seed, s)
+(:mod:`crossmodal.engine.schedule`), restoring these gives exactly the run an uninterrupted
+one would have been. The discriminator is training machinery: ``best.pt``, inference and
+evaluation need the model alone.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from torch import nn
 from ..errors import CrossmodalError
 from .format import save_checkpoint
 
-__all__ = ["TrainingState", "load_weights", "restore_training_state", "save_training_state"]
+__all__ = ["Trained", "TrainingState", "load_weights", "restore_training_state",
+           "save_training_state"]
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +43,55 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str | o
             f"{' '.join(str(err).split())[:300]}") from None
 
 
+#: A network trained beside the model and its optimizer (the discriminator and its Adam).
+Trained = tuple[nn.Module, torch.optim.Optimizer]
+
+
 def save_training_state(path: str | os.PathLike, *, net: nn.Module, config: dict,
                         optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
                         step: int, metrics: dict, device: torch.device,
-                        world_size: int) -> Path:
-    """Write a resumable checkpoint (atomically) of the bare network ``net``."""
+                        world_size: int, discriminator: Trained | None = None) -> Path:
+    """Write a resumable checkpoint (atomically) of the bare network ``net`` and, when
+    given, of the bare ``discriminator`` network and its optimizer."""
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
+    extra = {"rng": rng, "scaler": scaler.state_dict(), "world_size": world_size}
+    if discriminator is not None:
+        module, d_optimizer = discriminator
+        extra["discriminator"] = {"model": module.state_dict(),
+                                  "optimizer": d_optimizer.state_dict()}
     return save_checkpoint(path, model=net, config=config, optimizer=optimizer, step=step,
-                           metrics=metrics, extra={"rng": rng, "scaler": scaler.state_dict(),
-                                                   "world_size": world_size})
+                           metrics=metrics, extra=extra)
 
 
 def restore_training_state(checkpoint: dict, source: str | os.PathLike, *, net: nn.Module,
                            variant: str, optimizer: torch.optim.Optimizer,
                            optim_settings: dict[str, Any], scaler: torch.amp.GradScaler,
-                           device: torch.device, world_size: int) -> TrainingState:
-    """Put a :func:`save_training_state` checkpoint back: weights, optimizer, GradScaler and
-    RNG state; returns its step and metrics.
+                           device: torch.device, world_size: int,
+                           discriminator: Trained | None = None) -> TrainingState:
+    """Put a :func:`save_training_state` checkpoint back: weights, optimizer, GradScaler,
+    RNG state and, when given, the discriminator and its optimizer; returns its step and
+    metrics.
 
     ``optim_settings`` (``betas``, ``weight_decay``) replace the saved ones, so a diverged
     run can resume with other hyper-parameters (the learning rate is set every step).
     A checkpoint written by another number of processes resumes with a warning: the
-    global batch, and so the data of each step, differ from the original run.
+    global batch, and so the data of each step, differ from the original run. So does one
+    without a discriminator for a run that now trains one (an ``adversarial`` term turned
+    on): that discriminator starts afresh.
     """
     load_weights(net, checkpoint["model"], source, variant)
-    if checkpoint["optimizer"] is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    for group in optimizer.param_groups:
-        group.update(optim_settings)
+    _restore_optimizer(optimizer, checkpoint["optimizer"], optim_settings)
+    if discriminator is not None:
+        module, d_optimizer = discriminator
+        saved = checkpoint.get("discriminator")
+        if saved is None:
+            log.warning("%s holds no discriminator: the adversarial term's discriminator "
+                        "starts afresh", source)
+        else:
+            load_weights(module, saved["model"], f"{source} (discriminator)", variant)
+            _restore_optimizer(d_optimizer, saved["optimizer"], optim_settings)
     if scaler.is_enabled() and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint.get("rng", {})
@@ -82,3 +105,12 @@ def restore_training_state(checkpoint: dict, source: str | os.PathLike, *, net: 
                     "so the data of each step, differ from the original run", source,
                     saved_world, world_size)
     return {"step": int(checkpoint["step"]), "metrics": checkpoint["metrics"]}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict | None,
+                       settings: dict[str, Any]) -> None:
+    """Load ``state`` (when saved) into ``optimizer``, then impose ``settings``."""
+    if state is not None:
+        optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(settings)

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import ScheduleConfig
 from ..data.format import KINDS
 from ..errors import CrossmodalError, InputError
 from ..models import ROUTE_INPUTS
-from ..models.losses import LOSS_TERMS
+from ..models.losses import CRITIC_TERMS, LOSS_TERMS
 
 __all__ = ["Iteration", "MixedBatchSchedule", "iteration_losses", "plan_for",
            "resolve_proportions"]
@@ -91,7 +92,8 @@ def plan_for(schedule: ScheduleConfig, routes: Sequence[str]) -> dict[str, tuple
 
 
 def iteration_losses(
-    iteration: Iteration, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+    iteration: Iteration, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+    critics: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The scalar loss terms of ``iteration``, unweighted: ``{name: loss}`` in
     ``iteration.losses`` order.
@@ -100,11 +102,17 @@ def iteration_losses(
         outputs: the model's ``{"normals", "image"}`` for the iteration's route.
         batch: the batch with the targets (``"normals"``, ``"image"``, ``(B, 3, H, W)``)
             and ``"mask"`` ``(B, H, W)``.
+        critics: the network scoring each term of
+            :data:`~crossmodal.models.losses.CRITIC_TERMS` the iteration has, by term name
+            (``"perceptual"``: a ``PerceptualLoss``, ``"adversarial"``: the discriminator).
     """
     terms = {}
     for name in iteration.losses:
         output, loss = LOSS_TERMS[name]
-        terms[name] = loss(outputs[output], batch[output], batch["mask"])
+        if name in CRITIC_TERMS:
+            terms[name] = loss((critics or {})[name], outputs[output], batch)
+        else:
+            terms[name] = loss(outputs[output], batch[output], batch["mask"])
     return terms
 
 

@@ -2,13 +2,18 @@
 step loop (:meth:`Trainer.train`).
 
 A step loads one batch of one data type and runs that type's iterations of the mixed-batch
-schedule (:mod:`crossmodal.engine.schedule`), each its own optimizer step. The concerns
+schedule (:mod:`crossmodal.engine.schedule`), each its own optimizer step. An iteration
+with the ``adversarial`` term (the Pix2Pix baseline, ``experiments/pix2pix.yaml``) is two
+alternating steps on the same forward pass, Pix2Pix's: first the discriminator's (real
+pairs, image and ground-truth normals, against fake ones, image and the prediction
+detached), then the model's, judged by the just-updated discriminator, frozen. The concerns
 around the loop live beside it: the finite-loss guard (:mod:`.guard`), the event log and
 TensorBoard (:mod:`.run_log`), validation (:mod:`.validation`) and the resumable state
 (:mod:`crossmodal.checkpoint.training`). Rank 0 alone writes the run directory::
 
     RUN/config.yaml      the resolved config (and the overrides it came from)
     RUN/last.pt          every train.checkpoint_every steps, at the end and on SIGINT/SIGTERM
+                         (with the discriminator and its optimizer, when there is one)
     RUN/best.pt          the weights with the lowest validation mean angular error (the
                          measurement `crossmodal eval` reports, docs/design.md §6)
     RUN/metrics.jsonl    one JSON object per log or validation event
@@ -39,12 +44,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..checkpoint.training import load_weights, restore_training_state, save_training_state
+from ..checkpoint.training import (Trained, load_weights, restore_training_state,
+                                   save_training_state)
 from ..config import AMP_MODES, ExperimentConfig, config_to_dict, save_run_config
 from ..device import resolve_device
 from ..errors import CrossmodalError
 from ..fileutil import check_output
-from ..models import CrossModalNet
+from ..models import PatchDiscriminator, build_network
+from ..models.losses import discriminator_loss
+from ..models.vgg import VGG16_FILE, VGG16_URL, PerceptualLoss, load_vgg16_weights
 from ..provenance import settings_changes
 from . import distributed
 from .data import TrainSet, train_loader
@@ -93,16 +101,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _adam(net: nn.Module, config: ExperimentConfig) -> torch.optim.Adam:
-    """Adam with ``config.optim``'s settings (paper §4.1)."""
+def _adam(net: nn.Module, config: ExperimentConfig, scale: float = 1.0) -> torch.optim.Adam:
+    """Adam with ``config.optim``'s settings (paper §4.1), its rate times ``scale``."""
     optim = config.optim
     try:
         if len(optim.betas) != 2:
             raise ValueError(f"betas needs two numbers, got {list(optim.betas)}")
         # The fused kernel makes one pass over each parameter's state: 34 ms a step for
         # the 35M parameters on two CPU cores, against 48 ms for the default foreach one.
-        return torch.optim.Adam(net.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                weight_decay=optim.weight_decay, fused=True)
+        return torch.optim.Adam(net.parameters(), lr=optim.lr * scale,
+                                betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                                fused=True)
     except ValueError as err:  # Adam's own checks: negative lr, betas outside [0, 1), ...
         raise CrossmodalError(f"optim settings rejected: {err}") from None
 
@@ -114,7 +123,7 @@ class Trainer:
         config: the experiment (:class:`crossmodal.config.ExperimentConfig`).
         overrides: the ``key=value`` overrides it was loaded with, recorded beside it.
         resume: continue from ``run_dir/last.pt`` (model, optimizer, GradScaler, step, RNG
-            state, best metric).
+            state, best metric; the discriminator and its optimizer).
         overwrite: start afresh in a ``run_dir`` that holds an earlier run's checkpoints,
             deleting them; without it (or ``resume``) such a ``run_dir`` is refused, so an
             earlier run is never lost to a forgotten ``--resume``.
@@ -124,9 +133,10 @@ class Trainer:
     train with DDP; every rank builds the same model from ``train.seed``.
 
     Raises:
-        CrossmodalError: bad settings, missing data folders or no usable data, nothing to
-            resume, a ``last.pt`` that does not fit the config, or an earlier run in
-            ``run_dir`` without ``resume`` or ``overwrite``.
+        CrossmodalError: bad settings, missing data folders or no usable data, a
+            ``perceptual`` term without its VGG16 weights (``train.vgg16_weights``),
+            nothing to resume, a ``last.pt`` that does not fit the config, or an earlier run
+            in ``run_dir`` without ``resume`` or ``overwrite``.
     """
 
     def __init__(self, config: ExperimentConfig, overrides: Sequence[str] = (),
@@ -145,6 +155,7 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume() if resume else None
         self._build_device()
         self._build_model(checkpoint is None)
+        self._build_critics()
         self._build_data()
         self.validator = Validator(self.net, config, rank=self.rank,
                                    world_size=self.world_size, device=self.device)
@@ -170,7 +181,8 @@ class Trainer:
                    for p in (*data.paired, *data.image, *data.normal, *data.val)]
         check_output(self.run_dir, what="run_dir", kind="folder",
                      inputs={"the dataset folder": folders,
-                             "the train.init_from checkpoint": self.config.train.init_from})
+                             "the train.init_from checkpoint": self.config.train.init_from,
+                             "the train.vgg16_weights file": self.config.train.vgg16_weights})
 
     def _claim_run_dir(self, overwrite: bool) -> None:
         """Refuse a run directory holding an earlier run's checkpoints unless told to
@@ -208,22 +220,45 @@ class Trainer:
 
     def _build_model(self, fresh: bool) -> None:
         """The network, seeded (so every rank builds the same one), optionally initialised
-        from ``train.init_from`` when not resuming."""
+        from ``train.init_from`` when not resuming, and the schedule's iterations for it."""
         train = self.config.train
         seed_everything(train.seed)
-        self.net = CrossModalNet(self.config.model)
+        self.net = build_network(self.config.model)
         if train.init_from and fresh:
             load_weights(self.net, load_checkpoint(train.init_from)["model"], train.init_from,
                          self.config.model.variant)
         self.memory_format = (torch.channels_last if train.channels_last
                               else torch.contiguous_format)
         self.net.to(self.device, memory_format=self.memory_format)
+        self.plan = plan_for(self.config.schedule, self.net.routes)
+
+    def _build_critics(self) -> None:
+        """The networks beside the model that the planned loss terms need, and only those:
+        the discriminator (seeded after the model, so the model's init does not depend on
+        it; trainable only inside its own step) for ``adversarial``, frozen VGG16 features
+        for ``perceptual``, whose weights file must exist now, before any step."""
+        weighted = {term for iterations in self.plan.values() for it in iterations
+                    for term in it.losses}
+        self.critics: dict[str, nn.Module] = {}
+        self.discriminator: nn.Module | None = None
+        if "adversarial" in weighted:
+            self.discriminator = PatchDiscriminator(self.config.model).requires_grad_(False)
+            self.discriminator.to(self.device, memory_format=self.memory_format)
+            self.critics["adversarial"] = self.discriminator
+        if "perceptual" in weighted:
+            path = self.config.train.vgg16_weights
+            if path is None:
+                raise CrossmodalError(
+                    f"the perceptual loss term needs VGG16 weights: set train.vgg16_weights "
+                    f"to a local copy of torchvision's {VGG16_FILE} ({VGG16_URL}), or weigh "
+                    f"the term 0")
+            self.critics["perceptual"] = PerceptualLoss(load_vgg16_weights(path)).to(
+                self.device, memory_format=self.memory_format)
 
     def _build_data(self) -> None:
-        """The schedule's iterations for this variant, the training samples, the share of
-        batches of each data type, and the number of steps."""
+        """The training samples, the share of batches of each data type, and the number
+        of steps."""
         data, train = self.config.data, self.config.train
-        self.plan = plan_for(self.config.schedule, self.net.routes)
         self.train_set = TrainSet(data)
         self.proportions = resolve_proportions(data.proportions, self.plan,
                                                self.train_set.n_by_kind, self.config.model.variant)
@@ -234,16 +269,31 @@ class Trainer:
                           else train.epochs * steps_per_epoch)
 
     def _build_optimizer(self) -> None:
+        """Adam for the model and, with a discriminator, its own Adam; one GradScaler
+        (updated once per iteration, after both steps) and a finite-loss guard for each."""
         self.optimizer = _adam(self.net, self.config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.guard = FiniteLossGuard(self.net, self.optimizer, self.scaler, self.device)
+        self.d_optimizer = self.d_guard = None
+        if self.discriminator is not None:
+            self.d_optimizer = _adam(self.discriminator, self.config,
+                                     self.config.optim.discriminator_scale)
+            self.d_guard = FiniteLossGuard(self.discriminator, self.d_optimizer, self.scaler,
+                                           self.device)
+
+    @property
+    def _discriminator_state(self) -> Trained | None:
+        """The discriminator and its optimizer, as checkpoints carry them; None without."""
+        if self.discriminator is None:
+            return None
+        return self.discriminator, self.d_optimizer
 
     def _restore(self, checkpoint: dict) -> None:
         optim = self.config.optim
         state = restore_training_state(
             checkpoint, self.run_dir / LAST, net=self.net, variant=self.config.model.variant,
             optimizer=self.optimizer, scaler=self.scaler, device=self.device,
-            world_size=self.world_size,
+            world_size=self.world_size, discriminator=self._discriminator_state,
             optim_settings={"betas": tuple(optim.betas), "weight_decay": optim.weight_decay})
         self.step = state["step"]
         self.best = state["metrics"].get("best")
@@ -283,9 +333,12 @@ class Trainer:
 
     def _log_setup(self, resumed: bool) -> None:
         n_params = sum(p.numel() for p in self.net.parameters())
-        log.info("%s: %s model (%.1fM parameters) on %s%s, %d training samples (%s), "
+        beside = [f"{name} {sum(p.numel() for p in critic.parameters()) / 1e6:.1f}M"
+                  for name, critic in self.critics.items()]
+        log.info("%s: %s model (%.1fM parameters%s) on %s%s, %d training samples (%s), "
                  "%d steps of %d samples x %d process(es)%s", self.config.name,
-                 self.config.model.variant, n_params / 1e6, self.device,
+                 self.config.model.variant, n_params / 1e6,
+                 f"; loss networks: {', '.join(beside)}" if beside else "", self.device,
                  f" with {str(self.amp_dtype).removeprefix('torch.')} autocast"
                  if self.amp_dtype else "", self.n_train,
                  ", ".join(f"{k} {self.train_set.n_by_kind[k]}, {p:.0%} of batches"
@@ -379,7 +432,8 @@ class Trainer:
 
         Returns:
             ``{route: {"total": weighted sum, term: unweighted loss, ...}}`` for each
-            iteration run.
+            iteration run, and ``{"discriminator": {"total": its loss}}`` after an
+            iteration with the adversarial term.
         """
         kind = batch["kind"][0]
         expected = self.schedule.kind_at(self.step)
@@ -389,6 +443,9 @@ class Trainer:
         lr = learning_rate(self.config.optim, self.step, self.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.d_optimizer is not None:
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = lr * self.config.optim.discriminator_scale
         out = self.run_iterations(kind, batch)
         self.step += 1
         return out
@@ -402,46 +459,109 @@ class Trainer:
         batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
         iterations = self.plan[kind]
-        # Later iterations run on weights the earlier ones updated; keep the state before
-        # the step so a non-finite loss there can still save it.
-        snapshot = self.guard.snapshot() if len(iterations) > 1 else None
+        adversarial = any("adversarial" in it.losses for it in iterations)
+        # Later optimizer steps run on weights the earlier ones updated (the model's in a
+        # second iteration, the discriminator's in the model's step after it); keep the
+        # state before the step so a non-finite loss there can still save it.
+        snapshots = (self.guard.snapshot() if len(iterations) > 1 else None,
+                     self.d_guard.snapshot() if adversarial else None)
         out = {}
         for iteration in iterations:
-            values = self._iteration(kind, iteration, batch, snapshot)
+            values, d_loss = self._iteration(kind, iteration, batch, snapshots)
             out[iteration.route] = values
             key = f"{kind}/{iteration.route}"
             self.log.add_loss(key, values["total"])
             if len(values) > 2:  # several terms: log each too
                 for term in iteration.losses:
                     self.log.add_loss(f"{key}/{term}", values[term])
+            if d_loss is not None:
+                out["discriminator"] = {"total": d_loss}
+                self.log.add_loss(f"{kind}/discriminator", d_loss)
         return out
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
     def _iteration(self, kind: str, iteration: Iteration, batch: dict[str, Any],
-                   snapshot: Any) -> dict[str, float]:
-        """One optimizer step of ``iteration`` on ``batch``; returns its loss values."""
+                   snapshots: tuple[Any, Any]) -> tuple[dict[str, float], float | None]:
+        """The optimizer step of ``iteration`` on ``batch``, preceded by the
+        discriminator's when the iteration has the adversarial term; returns the model's
+        loss values and the discriminator's loss (None without)."""
         x = batch[iteration.input].contiguous(memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):
+        with self._autocast():
             outputs = self.model(x, iteration.route, iteration.outputs)
-        # Outside autocast: the losses compute in float32 whatever the outputs' dtype.
-        terms = iteration_losses(iteration, outputs, batch)
+        d_loss = None
+        if "adversarial" in iteration.losses:
+            d_loss = self._discriminator_step(kind, iteration, outputs["normals"], batch,
+                                              snapshots)
+        # Outside autocast: the losses, and the networks beside the model they run
+        # (discriminator, VGG16), compute in float32 whatever the outputs' dtype.
+        terms = iteration_losses(iteration, outputs, batch, self.critics)
         loss = sum(w * t for w, t in zip(iteration.weights, terms.values(), strict=True))
         values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())])
-        found = self.guard.check(values, ("total", *iteration.losses), snapshot)
-        if found is not None:
-            self.save_last()
-            distributed.barrier()  # rank 0's save completes before any rank exits
-            raise CrossmodalError(
-                f"non-finite loss in step {self.step + 1} ({kind} batch, {iteration.route} "
-                f"iteration): {found}; saved the state before this step to "
-                f"{self.run_dir / LAST}. Try a lower optim.lr (now {self.config.optim.lr:g}) "
-                f"or train.amp=off, and check the data for NaN/inf or empty masks; then "
-                f"continue with --resume")
+        self._check_finite(values, ("total", *iteration.losses), snapshots, kind, iteration)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return dict(zip(("total", *terms), values.tolist(), strict=True))
+        return dict(zip(("total", *terms), values.tolist(), strict=True)), d_loss
+
+    def _discriminator_step(self, kind: str, iteration: Iteration, normals: torch.Tensor,
+                            batch: dict[str, Any], snapshots: tuple[Any, Any]) -> float:
+        """One step of the discriminator's Adam on real pairs (image, ground-truth
+        normals) against fake ones (image, ``normals`` ``(B, 3, H, W)``, the model's
+        prediction, detached: the model gets no gradient); returns the loss. The
+        discriminator is trainable during this step only, so the model's step after it
+        leaves its gradients and weights alone."""
+        discriminator = self.discriminator.requires_grad_(True)
+        try:
+            self.d_optimizer.zero_grad(set_to_none=True)
+            loss = discriminator_loss(discriminator, normals, batch)
+            value = loss.detach()
+            self._check_finite(value.reshape(1), ("discriminator",), snapshots, kind,
+                               iteration)
+            self.scaler.scale(loss).backward()
+            self._average_gradients(discriminator)
+            self.scaler.step(self.d_optimizer)
+        finally:
+            discriminator.requires_grad_(False)
+        return value.item()
+
+    def _average_gradients(self, module: nn.Module) -> None:
+        """Average ``module``'s gradients over the processes, as DDP does for the model's
+        (the discriminator is not wrapped: its real and fake forwards before one backward,
+        and its frozen forward in the model's step, do not fit DDP's reducer)."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(distributed.comm_device(
+            self.device))
+        torch.distributed.all_reduce(flat)
+        flat = flat.to(self.device) / self.world_size
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def _check_finite(self, values: torch.Tensor, names: tuple[str, ...],
+                      snapshots: tuple[Any, Any], kind: str, iteration: Iteration) -> None:
+        """Stop training, with the state from before this step saved, when any rank's
+        ``values`` are not finite (a collective)."""
+        snapshot, d_snapshot = snapshots
+        found = self.guard.check(values, names, snapshot)
+        if found is None:
+            return
+        if d_snapshot is not None:
+            # Every rank found the failure, so every rank takes part in this collective,
+            # which finds it again and rolls the discriminator back as well.
+            self.d_guard.check(values, names, d_snapshot)
+        self.save_last()
+        distributed.barrier()  # rank 0's save completes before any rank exits
+        raise CrossmodalError(
+            f"non-finite loss in step {self.step + 1} ({kind} batch, {iteration.route} "
+            f"iteration): {found}; saved the state before this step to "
+            f"{self.run_dir / LAST}. Try a lower optim.lr (now {self.config.optim.lr:g}) "
+            f"or train.amp=off, and check the data for NaN/inf or empty masks; then "
+            f"continue with --resume")
 
     def _stop_requested(self) -> int | None:
         """The stop signal received by any rank (all agree, so all stop at the same step)."""
@@ -530,10 +650,13 @@ class Trainer:
         (:mod:`crossmodal.checkpoint.training`); a collective (every rank calls it, at the
         same step)."""
         distributed.broadcast_buffers(self.net)
+        if self.discriminator is not None:
+            distributed.broadcast_buffers(self.discriminator)
         path = self.run_dir / LAST
         if self.is_main:
             save_training_state(path, net=self.net, config=config_to_dict(self.config),
                                 optimizer=self.optimizer, scaler=self.scaler, step=self.step,
                                 metrics=self._checkpoint_metrics(), device=self.device,
-                                world_size=self.world_size)
+                                world_size=self.world_size,
+                                discriminator=self._discriminator_state)
         return path

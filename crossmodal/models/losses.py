@@ -1,4 +1,6 @@
-"""Training losses (paper §3.3): eq. 1 cosine normal loss, eq. 2 L2 image loss, masked.
+"""Training losses (paper §3.3): eq. 1 cosine normal loss, eq. 2 L2 image loss, masked; and
+the terms of the Pix2Pix baseline ("Normal Map Estimation in the Wild", seed 001, *Wild*):
+L_rec (MSE on the normals), L_vgg (perceptual) and L_adv (adversarial).
 
 Both losses are applied "only on facial regions": every pixel carries a weight from the
 mask (a bool mask gives 0/1, a float mask its value, expected in [0, 1]) and the loss is
@@ -33,12 +35,17 @@ pixels; everything stays on ``pred``'s device (``target`` and ``mask`` are moved
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from torch import nn
 
 from ..errors import InputError
 from ..vectors import unit_vectors
+from .pix2pix import adversarial_loss
 
-__all__ = ["LOSS_TERMS", "image_loss", "normal_loss"]
+__all__ = ["CRITIC_TERMS", "LOSS_TERMS", "discriminator_loss", "generator_adversarial_loss",
+           "image_loss", "masked_normals", "normal_loss", "normal_mse_loss", "perceptual_loss"]
 
 
 def normal_loss(
@@ -96,6 +103,76 @@ def image_loss(
     return _weighted_mean(diff.square().sum(dim=1), weight)
 
 
+def normal_mse_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """*Wild*'s L_rec: the mean squared error of the normal maps in *Wild*'s [0, 1] encoding
+    ``(n + 1) / 2``, over the 3 channels and the mask pixels (batch-pooled, as eq. 1).
+
+    That is ``||pred - t||^2 / 12`` per pixel with ``t`` the unit target, ``(1 - cos) / 6``
+    for unit predictions: kept in *Wild*'s scale so its weights (10 L_rec, 1 L_vgg,
+    0.25 L_adv) keep their balance. Pixels are used as by :func:`normal_loss` (a
+    non-finite or zero-length target is left out).
+
+    Args:
+        pred: predicted normals ``(B, 3, H, W)``, used as they are (not renormalised).
+        target: ground-truth normals ``(B, 3, H, W)``, renormalised.
+        mask: ``(B, H, W)`` or ``(B, 1, H, W)``, bool or float weights; None for all pixels.
+
+    Returns:
+        A scalar tensor; exactly 0 (with a grad_fn) when no pixel is usable.
+    """
+    pred, target, weight = _prepare(pred, target, mask, "normal_mse_loss", channels=3)
+    t_unit, t_valid = unit_vectors(target)
+    weight = weight * t_valid.squeeze(1).to(weight.dtype)
+    used = (weight > 0).unsqueeze(1)
+    diff = torch.where(used, pred, 0.0) - torch.where(used, t_unit, 0.0)
+    return _weighted_mean(diff.square().sum(dim=1) / 12.0, weight)
+
+
+def masked_normals(normals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` normals scaled by the ``(B, H, W)`` (or ``(B, 1, H, W)``) mask
+    weights, exactly 0 outside it (a NaN there does not survive).
+
+    What the networks beside the model see (VGG16 for L_vgg, the discriminator for L_adv):
+    the losses are "only on facial regions", and a generator's background, which no other
+    term constrains, must not be what tells a fake pair from a real one (whose background
+    is 0).
+    """
+    weight = (mask if mask.ndim == 4 else mask.unsqueeze(1)).to(normals.dtype)
+    return torch.where(weight > 0, normals * weight, 0.0)
+
+
+def perceptual_loss(perceptual: nn.Module, pred: torch.Tensor,
+                    batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """*Wild*'s L_vgg: ``perceptual`` (a :class:`~crossmodal.models.vgg.PerceptualLoss`) of
+    the predicted and ground-truth normals ``(B, 3, H, W)`` (``batch["normals"]``), both
+    :func:`masked_normals` by ``batch["mask"]``; a scalar."""
+    mask = batch["mask"]
+    return perceptual(masked_normals(pred, mask), masked_normals(batch["normals"], mask))
+
+
+def generator_adversarial_loss(discriminator: nn.Module, pred: torch.Tensor,
+                               batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """*Wild*'s L_adv for the generator: the BCE of ``discriminator``'s patch logits for
+    the pair (``batch["image"]``, predicted normals ``(B, 3, H, W)``, masked) against
+    "real"; a scalar. Gradients reach ``pred`` (and, unless frozen, the discriminator)."""
+    fake = masked_normals(pred, batch["mask"])
+    return adversarial_loss(discriminator(batch["image"], fake), real=True)
+
+
+def discriminator_loss(discriminator: nn.Module, pred: torch.Tensor,
+                       batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The discriminator's objective (Pix2Pix): the mean of the BCE of real pairs
+    (``batch["image"]``, ground-truth ``batch["normals"]``) against 1 and of fake pairs
+    (the image, ``pred`` ``(B, 3, H, W)`` detached) against 0, normals masked; a scalar.
+    Pix2Pix halves the sum so that D learns at half G's pace; the mean is that."""
+    image, mask = batch["image"], batch["mask"]
+    real = discriminator(image, masked_normals(batch["normals"], mask))
+    fake = discriminator(image, masked_normals(pred.detach(), mask))
+    return (adversarial_loss(real, real=True) + adversarial_loss(fake, real=False)) / 2
+
+
 def _prepare(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -146,9 +223,17 @@ def _weighted_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 #: The loss terms of the training schedule (§3.3), by name: the model output each scores
-#: and its function ``(pred, target, mask) -> scalar``; the target is the batch entry of
-#: the same name as the output.
+#: and its function, ``(pred, target, mask) -> scalar`` where the target is the batch entry
+#: of the same name as the output, or for a term of :data:`CRITIC_TERMS`
+#: ``(network, pred, batch) -> scalar``.
 LOSS_TERMS = {
-    "normal": ("normals", normal_loss),  # eq. 1, masked cosine
-    "image": ("image", image_loss),      # eq. 2, masked L2
+    "normal": ("normals", normal_loss),                     # eq. 1, masked cosine
+    "image": ("image", image_loss),                         # eq. 2, masked L2
+    "normal_mse": ("normals", normal_mse_loss),             # Wild's L_rec
+    "perceptual": ("normals", perceptual_loss),             # Wild's L_vgg
+    "adversarial": ("normals", generator_adversarial_loss),  # Wild's L_adv
 }
+#: The terms scored by a network beside the model, which the trainer builds only when a
+#: pass weighs them, and the batch entries they read (the mask too): the discriminator
+#: judges (image, normals) pairs, the prediction's against the ground truth's.
+CRITIC_TERMS = {"perceptual": ("normals",), "adversarial": ("image", "normals")}
