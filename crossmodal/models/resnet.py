@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import CrossmodalError
 from ..fileutil import load_torch_file
+from .pretrained import check_state_dict
 
 __all__ = ["IMAGENET_WIDTH", "BasicBlock", "ResNet18Trunk", "load_imagenet_weights",
            "trunk_channels"]
@@ -109,11 +110,5 @@ def load_imagenet_weights(trunk: ResNet18Trunk, path: str | Path) -> None:
     for key in own:
         if key.endswith("num_batches_tracked"):
             state.setdefault(key, own[key])
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CrossmodalError(
-            f"{path} is not a torchvision resnet18 state dict: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
+    check_state_dict(own, state, path, "resnet18")
     trunk.load_state_dict(state)

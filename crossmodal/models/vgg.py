@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CrossmodalError
 from ..fileutil import load_torch_file
+from .pretrained import check_state_dict
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PERCEPTUAL_LAYERS", "VGG16", "VGG16_CFG",
            "VGG16_CONV_INDICES", "VGG16_FILE", "VGG16_URL", "PerceptualLoss",
@@ -98,13 +99,7 @@ def load_vgg16_weights(path: str | Path) -> VGG16:
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     vgg = VGG16()
     own = vgg.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CrossmodalError(
-            f"{path} is not a torchvision vgg16 state dict: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}; use {VGG16_FILE}")
+    check_state_dict(own, state, path, "vgg16", f"use {VGG16_FILE}")
     vgg.load_state_dict(state)
     return vgg.requires_grad_(False).eval()
 
