@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -266,12 +265,27 @@ def result_file(path: PathLike) -> Path:
 
 
 def load_results(paths: Sequence[PathLike]) -> list[tuple[str, dict]]:
-    """:func:`load_result` of each path, in order; results sharing a label (say, two
-    splits of one run) get their path after it, ``"LABEL [PATH]"``, so rows stay apart."""
+    """:func:`load_result` of each path, in order. Results sharing a label keep their rows
+    apart: by what they were scored on, ``"LABEL on DATASET/SPLIT"``, when that differs
+    (one model on two test sets), else by their path, ``"LABEL [PATH]"``."""
     rows = [load_result(path) for path in paths]
-    counts = Counter(label for label, _ in rows)
-    return [(f"{label} [{path}]" if counts[label] > 1 else label, result)
-            for (label, result), path in zip(rows, paths, strict=True)]
+    by_label: dict[str, list[dict]] = {}
+    for label, result in rows:
+        by_label.setdefault(label, []).append(result)
+
+    def scored_on(result: dict) -> str:
+        return f"{result['dataset']}/{result['split']}"
+
+    labels = []
+    for (label, result), path in zip(rows, paths, strict=True):
+        group = by_label[label]
+        if len(group) == 1:
+            labels.append(label)
+        elif len(set(map(scored_on, group))) == len(group):
+            labels.append(f"{label} on {scored_on(result)}")
+        else:
+            labels.append(f"{label} [{path}]")
+    return [(new, result) for new, (_, result) in zip(labels, rows, strict=True)]
 
 
 def load_result(path: PathLike) -> tuple[str, dict]:

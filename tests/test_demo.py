@@ -18,12 +18,13 @@ def test_main_job_writes_the_summary(tmp_path, monkeypatch):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["split"] == "test" and result["n_images"] > 0
     summary = (run_dir / "summary.md").read_text()
-    assert "| tiny (full) [runs/tiny] |" in summary and f"{result['mean']:.2f}" in summary
+    assert "| tiny (full) on synth_quickstart/test |" in summary
+    assert f"{result['mean']:.2f}" in summary
     assert "![validation curve](curve.png)" in summary
     # The real scan's renders, scored beside the synthetic test split.
     real = json.loads((run_dir / "eval_real.json").read_text())
     assert real["dataset"] == "real_scans" and real["n_images"] == 2
-    assert f"{real['mean']:.2f}" in summary and "eval_real.json" in summary
+    assert f"{real['mean']:.2f}" in summary and "| tiny (full) on real_scans/test |" in summary
     assert read_image(run_dir / "curve.png").shape == (400, 640, 3)
     assert read_image(run_dir / "panel.png").shape[0] > 64
     # The bundled photos, predicted by the trained model: a row of 4 crops per photo.

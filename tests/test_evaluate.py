@@ -301,6 +301,26 @@ def test_report_reads_run_dirs_and_notes_mismatched_data(tmp_path, capsys):
     assert "- florence: dataset florence, split test" in out
 
 
+def test_results_sharing_a_label_are_told_apart_by_test_set_else_by_path(tmp_path):
+    from crossmodal.evaluate import load_results
+
+    run = {"experiment": "quickstart", "variant": "full"}
+    paths = []
+    for name, dataset, split in (("synth", "synth", "test"), ("real", "real_scans", "test"),
+                                 ("val", "synth", "val")):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_result(12.0, 80.0, dataset=dataset, split=split,
+                                                **run)))
+    assert [label for label, _ in load_results(paths)] == [
+        "quickstart (full) on synth/test", "quickstart (full) on real_scans/test",
+        "quickstart (full) on synth/val"]
+    twice = [paths[0], paths[0]]  # the same test set twice: only the paths differ
+    assert [label for label, _ in load_results(twice)] == [
+        f"quickstart (full) [{paths[0]}]"] * 2
+    alone = [label for label, _ in load_results([paths[1]])]
+    assert alone == ["quickstart (full)"]
+
+
 def test_report_without_eval_json_names_the_fix(tmp_path, capsys):
     run = tmp_path / "runs" / "bare"
     run.mkdir(parents=True)
