@@ -7,6 +7,7 @@ import pytest
 
 from crossmodal.errors import InputError
 from crossmodal.geometry import Light, relight_views, shade
+from crossmodal.geometry.shading import sh_irradiance
 from crossmodal.shapes import orthographic_sphere
 
 FRONT = np.broadcast_to(np.float32([0, 0, 1]), (2, 3, 3))
@@ -110,3 +111,70 @@ def test_relight_views_symmetry_on_sphere():
 def test_relight_views_bad_n():
     with pytest.raises(InputError, match="at least one light"):
         relight_views(FRONT, n=0)
+
+
+# Real spherical harmonics, orthonormal on the sphere, in sh_irradiance's order.
+def sh_basis(d: np.ndarray) -> np.ndarray:
+    x, y, z = d[..., 0], d[..., 1], d[..., 2]
+    return np.stack([np.full_like(x, 0.282095), 0.488603 * y, 0.488603 * z, 0.488603 * x,
+                     1.092548 * x * y, 1.092548 * y * z, 0.315392 * (3 * z * z - 1),
+                     1.092548 * x * z, 0.546274 * (x * x - y * y)], axis=-1)
+
+
+def test_constant_environment_gives_pi_times_its_radiance():
+    radiance = np.array([0.2, 0.5, 1.0])
+    coefficients = np.zeros((9, 3))
+    coefficients[0] = radiance * np.sqrt(4 * np.pi)
+    normals = np.random.default_rng(0).normal(size=(50, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    np.testing.assert_allclose(sh_irradiance(normals, coefficients),
+                               np.broadcast_to(np.pi * radiance, (50, 3)), rtol=1e-5)
+
+
+def test_sh_irradiance_is_the_cosine_integral_of_the_environment():
+    # E(n) = integral of L(w) max(n.w, 0) dw, by quadrature on a fine sphere grid, for a
+    # random band-limited environment that stays positive.
+    rng = np.random.default_rng(1)
+    coefficients = rng.normal(0, 0.2, (9, 3))
+    coefficients[0] = 3.0
+    theta = (np.arange(400) + 0.5) * np.pi / 400
+    phi = (np.arange(800) + 0.5) * 2 * np.pi / 800
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    w = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1)
+    dw = (np.sin(t) * (np.pi / 400) * (2 * np.pi / 800))[..., None]
+    radiance = sh_basis(w) @ coefficients
+    for n in ([0, 0, 1], [0.6, 0, 0.8], [-0.36, 0.48, -0.8]):
+        n = np.asarray(n) / np.linalg.norm(n)
+        expected = (radiance * np.maximum(w @ n, 0)[..., None] * dw).sum((0, 1))
+        np.testing.assert_allclose(sh_irradiance(n[None], coefficients)[0], expected,
+                                   rtol=2e-3)
+
+
+def test_shade_adds_albedo_times_irradiance_over_pi():
+    coefficients = np.zeros((9, 3))
+    coefficients[0] = np.sqrt(4 * np.pi)  # unit radiance: E = pi, reflected 0.5 * 1
+    coefficients[2] = 0.5  # brighter from +z
+    normals = np.broadcast_to(np.float32(at_angle(30)), (2, 2, 3))
+    out = shade(normals, [], albedo=0.5, ambient=0.1, environment=coefficients)
+    expected = 0.1 * 0.5 + 0.5 * sh_irradiance(normals, coefficients) / np.pi
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    with pytest.raises(InputError, match=r"\(9, 3\)"):
+        shade(normals, [], environment=np.zeros(9))
+
+
+def test_fresnel_is_one_at_normal_incidence_and_brightens_grazing_highlights():
+    head_on = Light((0, 0, 1))
+    normals = np.broadcast_to(np.float32([0, 0, 1]), (1, 1, 3))
+    plain = shade(normals, head_on, albedo=0.0, ambient=0.0, specular=0.2)
+    np.testing.assert_allclose(shade(normals, head_on, albedo=0.0, ambient=0.0, specular=0.2,
+                                     fresnel=0.028), plain)
+    # Light at 80 degrees, normal on the half vector: h.v = cos 40 degrees.
+    grazing = Light(at_angle(80))
+    half = np.broadcast_to(np.float32(at_angle(40)), (1, 1, 3))
+    base = shade(half, grazing, albedo=0.0, ambient=0.0, specular=0.2)
+    boosted = shade(half, grazing, albedo=0.0, ambient=0.0, specular=0.2, fresnel=0.028)
+    factor = 1 + (1 / 0.028 - 1) * (1 - np.cos(np.radians(40))) ** 5
+    np.testing.assert_allclose(boosted, base * factor, rtol=1e-5)
+    assert factor > 1.01
+    with pytest.raises(InputError, match="F0"):
+        shade(half, grazing, fresnel=0.0)

@@ -45,13 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "identities (default 0.6,0.2,0.2); val/test identities are paired")
     p.add_argument("--val", type=float, default=0.1, help="fraction of identities for val")
     p.add_argument("--test", type=float, default=0.1, help="fraction of identities for test")
+    p.add_argument("--set", dest="settings", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="a synthesis setting (a field of crossmodal.synth.SynthConfig; "
+                   "values are YAML), repeatable: e.g. --set skin_detail=1 --set "
+                   "camera_effects=0.3 for realism levers, --set max_rotation_deg=60 for "
+                   "the pose range. An unknown key lists the valid ones")
     p.add_argument("--preview", action="store_true",
                    help="also write preview.png: image | normals | mask for 12 samples")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth.generate import generate
+    from ..synth.generate import CONFIG_OPTIONS, generate
     from ..synth.sampler import SynthConfig
 
     check_image_size(args.size, "--size", "use")
@@ -61,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     # --count, --seed and --workers are checked by generate, for callers of the API too.
     if args.per_subject < 1:
         raise CrossmodalError(f"--per-subject must be at least 1, got {args.per_subject}")
-    config = replace(SynthConfig(), size=args.size, samples_per_subject=args.per_subject,
-                     kind_weights=args.kinds, val_fraction=args.val, test_fraction=args.test)
+    config = replace(SynthConfig().with_settings(args.settings, CONFIG_OPTIONS), size=args.size,
+                     samples_per_subject=args.per_subject, kind_weights=args.kinds,
+                     val_fraction=args.val, test_fraction=args.test)
     out = generate(args.out, args.count, seed=args.seed, config=config, workers=args.workers,
                    preview=args.preview, progress=not args.quiet)
     log.info("wrote %d samples to %s%s", args.count, out,

@@ -494,7 +494,7 @@ class DatasetWriter:
 
 
 def claim_folder(out: PathLike, record: dict, *, record_file: str, producer: str,
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, introduced: dict | None = None) -> None:
     """Record how a producer (``synth``, a ``prepare`` recipe) fills the dataset folder
     ``out`` -- ``record``, its options, as JSON in ``out/record_file`` -- or check that a
     re-run's options match the ones recorded, so that it completes the same dataset rather
@@ -505,6 +505,11 @@ def claim_folder(out: PathLike, record: dict, *, record_file: str, producer: str
     one made with other options that holds finished rows (the message names each changed
     option, by ``names`` where given). A folder without a finished row (a run stopped
     before its first was saved, say with a wrong option) starts afresh with the new record.
+
+    ``introduced`` (nested like ``record``) gives options added to the producer after
+    folders were made: the value that reproduces what it did before. An older record
+    without such an option is read as having that value, so a folder made before an
+    option existed is still completed when the option is left at it.
 
     Raises:
         CrossmodalError: naming the folder and the fix.
@@ -518,6 +523,8 @@ def claim_folder(out: PathLike, record: dict, *, record_file: str, producer: str
         except json.JSONDecodeError as err:
             raise CrossmodalError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); "
                                   f"delete the folder {out} or choose a new --out") from None
+        if isinstance(old, dict) and introduced:
+            old = _with_introduced(old, json.loads(json.dumps(introduced)))
         if old == record:
             return
         changes = (", ".join(settings_changes(old, record, names)) if isinstance(old, dict)
@@ -535,6 +542,17 @@ def claim_folder(out: PathLike, record: dict, *, record_file: str, producer: str
         raise CrossmodalError(f"--out {out} holds a dataset not written by {producer} "
                               f"({INFO_FILE} without {record_file}); choose a new --out")
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _with_introduced(old: dict, introduced: dict) -> dict:
+    """``old`` with the keys of ``introduced`` it lacks filled in, level by level."""
+    merged = dict(old)
+    for key, value in introduced.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_introduced(merged[key], value)
+    return merged
 
 
 def _finished_rows(out: Path) -> int:

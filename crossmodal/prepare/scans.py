@@ -9,7 +9,9 @@ sorted, is rendered ``--renders`` times, the way :mod:`crossmodal.synth` renders
    the size, as the crop frames the face).
 2. A rotation about a random axis by an angle uniform in ``[-max, max]``
    (``--max-rotation``), a camera distance in :data:`DISTANCE_CM` and random directional
-   lights (synth's, :class:`~crossmodal.synth.sampler.SynthConfig`).
+   lights drawn as synth draws them, from :data:`LIGHTING`: synth's lighting when the
+   real-scan set was made, pinned here so that the evaluation sets do not move when
+   synth's defaults do.
 3. A full-frame render (:data:`DETECT_SIZE` px, the head filling :data:`HEAD_FILL` of
    it, lit by a neutral frontal light so that the detector sees the geometry) on which the
    ``--landmarks`` backend finds the largest face; a scan with a sidecar
@@ -51,6 +53,7 @@ from ..errors import CrossmodalError, InputError
 from ..fileutil import atomic_write, read_text
 from ..geometry import Light
 from ..parallel import WorkerDied, ordered_map, pool_size
+from ..synth.sampler import SynthConfig
 from .common import Skipped, add_common_arguments, check_paths, claim_folder, finish
 from .meshes import SCAN_SUFFIXES, Scan, landmarks_path, read_landmarks, read_scan
 
@@ -64,6 +67,10 @@ RENDERS_FILE = "renders.json"
 HEAD_EXTENT_CM = 25.0
 #: Camera distance to the scan's centre, cm (synth's range).
 DISTANCE_CM = (45.0, 150.0)
+#: The lights of every render (intensity, ambient, second light and shadow chances):
+#: synth's default lighting of issue 12, pinned (module docstring).
+LIGHTING = SynthConfig(intensity=(0.0, 2.0), ambient=(0.08, 0.35),
+                       two_light_probability=0.5, shadow_probability=0.5)
 #: Side of the full-frame render landmarks are detected on, and the fraction of it the
 #: scan's extent spans (a face of ~150-300 px: dlib's sweet spot).
 DETECT_SIZE = 512
@@ -370,7 +377,7 @@ def _base_rotation(up: str, facing: str) -> np.ndarray:
 def _render_job(job: RenderJob) -> Rendered:
     from ..render import Camera, Intrinsics, render
     from ..synth.appearance import background
-    from ..synth.sampler import SynthConfig, _random_light, _random_rotation
+    from ..synth.sampler import _random_light, _random_rotation
 
     o = job.options
     paired = o["kind"] == "paired"
@@ -379,7 +386,7 @@ def _render_job(job: RenderJob) -> Rendered:
     if scan is None:
         return Rendered(job, {**base, "skipped": error, "scan_error": True})
     rng = np.random.default_rng([o["seed"], _path_key(job.relative), job.index])
-    synth = SynthConfig()
+    synth = LIGHTING
     low, high = scan.vertices.min(0), scan.vertices.max(0)
     centre = (low + high) / 2
     scale = HEAD_EXTENT_CM / max(float((high - low).max()), 1e-12)

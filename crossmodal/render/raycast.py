@@ -108,6 +108,8 @@ def render(
     ambient: float = 0.3,
     specular: float = 0.1,
     shininess: float = 20.0,
+    environment: np.ndarray | None = None,
+    fresnel: float | None = None,
     shadows: bool = False,
     background: np.ndarray | None = None,
     landmarks: np.ndarray | None = None,
@@ -127,7 +129,9 @@ def render(
         uvs: ``(U, 2)`` texture coordinates in [0, 1], v upwards (OBJ): (0, 0) is the
             bottom-left corner of ``texture``.
         triangle_uvs: ``(T, 3)`` indices into ``uvs``; None when ``uvs`` is per vertex.
-        ambient, specular, shininess: as for :func:`~crossmodal.geometry.shade`.
+        ambient, specular, shininess, environment, fresnel: as for
+            :func:`~crossmodal.geometry.shade`. The environment is not shadowed (it
+            lights every pixel as an unoccluded sky would).
         shadows: cast a shadow ray per lit pixel and light.
         background: ``(H, W, 3)`` image shown outside the mask (None: black).
         landmarks: ``(K,)`` vertex indices to project; visible when inside the image and
@@ -198,8 +202,8 @@ def render(
                 corner_ids, bary), (3, len(tri)))
     lights = [lights] if isinstance(lights, Light) else list(lights)
     radiance = _shade(intersector, points, face_n, normals, albedo, lights, ambient=ambient,
-                      specular=specular, shininess=shininess, shadows=shadows,
-                      offset=SHADOW_OFFSET * size)
+                      environment=environment, specular=specular, shininess=shininess,
+                      fresnel=fresnel, shadows=shadows, offset=SHADOW_OFFSET * size)
 
     image = np.zeros((h * w, 3), np.float32)
     if background is not None:
@@ -353,17 +357,19 @@ def _bilinear(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def _shade(intersector: RayMeshIntersector, points: np.ndarray, face_n: np.ndarray,
            normals: np.ndarray, albedo: np.ndarray, lights: list[Light], *,
-           ambient: float, specular: float, shininess: float, shadows: bool,
+           ambient: float, environment: np.ndarray | None, specular: float,
+           shininess: float, fresnel: float | None, shadows: bool,
            offset: float) -> np.ndarray:
     """Radiance ``(N, 3)`` of the hits (``(3, N)`` points, normals and albedo); with
     ``shadows``, each light only reaches the hits that see it (a shadow ray from ``points``
     lifted by ``offset`` along the geometric normals ``face_n``)."""
     # shade() works on images: the hits form a 1 x N one.
     n_img, rho = normals.T[None], albedo.T[None]
-    kw = dict(specular=specular, shininess=shininess)
+    kw = dict(specular=specular, shininess=shininess, fresnel=fresnel)
     if not (shadows and lights):
-        return shade(n_img, lights, albedo=rho, ambient=ambient, **kw)[0]
-    out = shade(n_img, [], albedo=rho, ambient=ambient, **kw)[0]
+        return shade(n_img, lights, albedo=rho, ambient=ambient, environment=environment,
+                     **kw)[0]
+    out = shade(n_img, [], albedo=rho, ambient=ambient, environment=environment, **kw)[0]
     lifted = (points + offset * face_n).T
     for light in lights:
         direction = np.asarray(light.direction)

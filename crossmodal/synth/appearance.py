@@ -4,6 +4,9 @@ ICT-FaceKit Light has no albedo, so appearance is synthesised per vertex: a skin
 a range spanning very light to very dark skin, low-frequency variation over the surface
 (blotchiness, redder cheeks and nose), darker brows, tinted lips, eyes (sclera, iris of a
 sampled colour, pupil), teeth, gums and mouth interior, and optionally hair on the scalp.
+A realism lever (``SynthConfig.skin_detail``) adds what a photographed skin has besides:
+pores and fine mottling, freckles and moles, stubble, and make-up-like tones (eye shadow,
+blush, lip colour).
 Backgrounds are procedural (gradients, fractal noise, stripes, checkers, blobs) so that a
 network cannot find the face by its flat surroundings.
 """
@@ -50,6 +53,9 @@ class SubjectLook:
     blotch_phases: tuple[float, ...]
     specular: float
     shininess: float
+    #: Amplitude of the skin detail (0: none) and the seed of its random layout.
+    detail: float = 0.0
+    detail_seed: int = 0
 
 
 def _pick(palette: np.ndarray, rng: np.random.Generator, jitter: float) -> tuple:
@@ -61,7 +67,11 @@ def _pick(palette: np.ndarray, rng: np.random.Generator, jitter: float) -> tuple
     return tuple(float(c) for c in np.clip(colour, 0.0, 1.0))
 
 
-def sample_look(rng: np.random.Generator) -> SubjectLook:
+def sample_look(rng: np.random.Generator, specular: tuple[float, float] = (0.03, 0.25),
+                detail: float = 0.0, detail_seed: int = 0) -> SubjectLook:
+    """A person's look from ``rng``; ``specular`` is the range of their specular weight,
+    ``detail`` and ``detail_seed`` the skin detail's amplitude and layout (they draw
+    nothing from ``rng``, so the rest of the look does not depend on them)."""
     return SubjectLook(
         skin=_pick(_SKIN_TONES, rng, 0.04),
         iris=_pick(_IRIS_COLOURS, rng, 0.1),
@@ -71,8 +81,10 @@ def sample_look(rng: np.random.Generator) -> SubjectLook:
         lip_tint=(float(rng.uniform(0.85, 1.0)), float(rng.uniform(0.55, 0.75)),
                   float(rng.uniform(0.55, 0.75))),
         blotch_phases=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 12)),
-        specular=float(rng.uniform(0.03, 0.25)),
+        specular=float(rng.uniform(*specular)),
         shininess=float(rng.uniform(8.0, 40.0)),
+        detail=float(detail),
+        detail_seed=int(detail_seed),
     )
 
 
@@ -139,6 +151,8 @@ def vertex_colors(model: FaceModel, look: SubjectLook) -> np.ndarray:
     # Lips: inside the outer lip contour (48-59), with a soft edge.
     lips = _polygon_weight(v[:, :2], lm[48:60, :2], soft_cm=0.1) * front
     colours *= 1.0 - lips[:, None] * (1.0 - np.asarray(look.lip_tint))
+    if look.detail > 0:
+        colours = _skin_detail(colours, v, lm, front & model.region_mask("face"), lips, look)
 
     regions = {name: model.region_mask(name) for name in model.region_names}
     if look.has_hair:  # a scalp cap above the brows, behind the hairline
@@ -161,6 +175,65 @@ def vertex_colors(model: FaceModel, look: SubjectLook) -> np.ndarray:
         colours[regions[name]] = colour
     colours = np.clip(colours, 0.0, 1.0).astype(np.float32)
     colours.flags.writeable = False
+    return colours
+
+
+def _skin_detail(colours: np.ndarray, v: np.ndarray, lm: np.ndarray, skin: np.ndarray,
+                 lips: np.ndarray, look: SubjectLook) -> np.ndarray:
+    """What photographed skin has besides its tone, on the ``skin`` vertices of the
+    neutral mesh ``v`` (cm), scaled by ``look.detail`` and laid out by
+    ``look.detail_seed``: mottling (plane waves of 0.5-2.5 cm), pores (per-vertex noise;
+    the face has ~4 vertices per pixel at 64 px), freckles and moles for some people,
+    stubble for some, and make-up-like tones (eye shadow, blush, a lip colour) for some."""
+    rng = np.random.default_rng(look.detail_seed)
+    a = look.detail
+    out = colours.copy()
+    n = len(v)
+    directions = rng.normal(size=(8, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    wavelengths = rng.uniform(0.5, 2.5, 8)
+    mottle = np.sin(v @ (directions / wavelengths[:, None]).T * 2 * np.pi
+                    + rng.uniform(0, 2 * np.pi, 8)).mean(1)
+    pores = rng.normal(0.0, 1.0, n)
+    out *= (1.0 + a * skin * (0.08 * mottle + 0.04 * pores))[:, None]
+
+    face = np.flatnonzero(skin)
+    if rng.random() < 0.4 and len(face):  # freckles over the nose and cheeks
+        centre = lm[30] + [0.0, 1.0, 0.0]
+        weights = np.exp(-((v[face] - centre) ** 2).sum(1) / (2 * 3.0 ** 2))
+        spots = rng.choice(face, size=int(rng.integers(30, 120)), p=weights / weights.sum())
+        out = _spots(out, v, spots, rng.uniform(0.08, 0.2, len(spots)),
+                     a * rng.uniform(0.15, 0.35), (0.85, 0.7, 0.55))
+    if len(face):  # a few moles anywhere on the face
+        moles = rng.choice(face, size=int(rng.integers(0, 4)))
+        out = _spots(out, v, moles, rng.uniform(0.1, 0.25, len(moles)),
+                     a * rng.uniform(0.3, 0.6), (0.55, 0.4, 0.3))
+    if rng.random() < 0.3:  # stubble: below the nose, around the mouth, along the jaw
+        beard = skin & (v[:, 1] < lm[33, 1]) & (v[:, 1] > lm[8, 1] - 1.0) & (lips < 0.5)
+        density = rng.uniform(0.2, 0.6) * a * np.clip(rng.normal(1.0, 0.5, n), 0, 2)
+        stubble = np.clip(density * beard, 0, 1)[:, None]
+        out += stubble * (np.asarray(look.hair) - out)
+    if rng.random() < 0.4:  # make-up-like tones
+        tint = rng.uniform(0.5, 1.1, 3)
+        for eye in (lm[36:42], lm[42:48]):  # eye shadow on the upper lid
+            d = np.linalg.norm(v[:, :2] - (eye.mean(0)[:2] + [0.0, 0.5]), axis=1)
+            lid = skin * _smoothstep((1.2 - d) / 0.6) * (v[:, 1] > eye[:, 1].mean())
+            out *= 1.0 - (a * 0.5 * lid)[:, None] * (1.0 - tint)
+        blush = sum(np.exp(-((v - lm[i]) ** 2).sum(1) / (2 * 1.8 ** 2)) for i in (2, 14))
+        blush_tint = np.array([1.0, rng.uniform(0.7, 0.9), rng.uniform(0.75, 0.95)])
+        out *= 1.0 - (a * skin * np.clip(blush, 0, 1))[:, None] * (1.0 - blush_tint)
+        lip_colour = rng.uniform([0.5, 0.05, 0.1], [0.9, 0.4, 0.45])
+        out += (a * 0.6 * lips)[:, None] * (lip_colour - out)
+    return out
+
+
+def _spots(colours: np.ndarray, v: np.ndarray, centres: np.ndarray, radii: np.ndarray,
+           strength: float, tint: tuple[float, float, float]) -> np.ndarray:
+    """Darken round spots (``centres``: vertex indices, ``radii`` in cm) towards ``tint``."""
+    for centre, radius in zip(centres, radii):
+        near = np.flatnonzero(np.abs(v - v[centre]).max(1) < 3 * radius)
+        weight = np.exp(-((v[near] - v[centre]) ** 2).sum(1) / (2 * radius ** 2))
+        colours[near] *= 1.0 - strength * weight[:, None] * (1.0 - np.asarray(tint))
     return colours
 
 

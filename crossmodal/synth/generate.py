@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,10 @@ from ..data.format import DatasetInfo, DatasetWriter, claim_folder
 from ..errors import CrossmodalError
 from ..fileutil import check_output
 from ..parallel import WorkerDied, check_workers, ordered_map, pool_size
-from .sampler import PlannedSample, SynthConfig, SynthSample, plan_dataset, render_sample
+from .sampler import (LEVERS_OFF, PlannedSample, SynthConfig, SynthSample, plan_dataset,
+                      render_sample)
 
-__all__ = ["contact_sheet", "generate"]
+__all__ = ["CONFIG_OPTIONS", "contact_sheet", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,14 @@ def _options(count: int, seed: int, config: SynthConfig) -> dict:
     return {"count": count, "seed": seed, "config": json.loads(json.dumps(asdict(config)))}
 
 
+#: The SynthConfig fields that ``crossmodal synth`` sets with an option of their own; the
+#: others are set with ``--set KEY=VALUE``.
+CONFIG_OPTIONS = {"size": "--size", "samples_per_subject": "--per-subject",
+                  "kind_weights": "--kinds", "val_fraction": "--val", "test_fraction": "--test"}
 #: The command-line option behind each generation setting, for messages.
-_OPTION_NAMES = {"count": "--count", "seed": "--seed", "config.size": "--size",
-                 "config.samples_per_subject": "--per-subject",
-                 "config.kind_weights": "--kinds", "config.val_fraction": "--val",
-                 "config.test_fraction": "--test"}
+_OPTION_NAMES = {"count": "--count", "seed": "--seed",
+                 **{f"config.{f.name}": CONFIG_OPTIONS.get(f.name, f"--set {f.name}")
+                    for f in fields(SynthConfig)}}
 
 
 def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig | None = None,
@@ -82,7 +86,8 @@ def generate(out: str | Path, count: int, *, seed: int = 0, config: SynthConfig 
     check_workers(workers)
     check_output(out, inputs={}, what="--out", kind="folder")
     claim_folder(out, _options(count, seed, config), record_file=OPTIONS_FILE,
-                 producer="synth", names=_OPTION_NAMES)
+                 producer="synth", names=_OPTION_NAMES,
+                 introduced={"config": LEVERS_OFF})
     info = DatasetInfo(
         name=out.name, source="synthetic faces rendered from ICT-FaceKit Light",
         license="MIT (face model: ICT-FaceKit, USC ICT; see crossmodal/assets/ict_face_light)",

@@ -16,22 +16,44 @@ directional lights with positive z and intensities in [0, 2]; a camera distance 
 focal jitter; then the crop protocol of docs/design.md §4 applied with the projected
 landmarks, realised by rendering straight into the crop (the crop is a similarity, so it
 folds into the intrinsics: no resampling of the rendered maps).
+
+The realism levers of :mod:`crossmodal.synth.realism` (skin detail, Fresnel, an
+environment light, photo backgrounds, occluders, camera effects, crop jitter) are fields
+of :class:`SynthConfig`, off by default unless ``benchmarks/sim2real.py`` found them to
+help; each draws from its own generator, so switching one leaves the rest of a dataset as
+it was.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+import yaml
 
-from ..crop import crop_from_landmarks, landmark_mask
+from ..crop import Crop, crop_from_landmarks, landmark_mask
 from ..data.format import KINDS
+from ..errors import InputError
 from ..geometry import Light
 from ..render import Camera, Intrinsics, render
 from .appearance import background, sample_look, vertex_colors
 from .face_model import FaceModel
+from .realism import (camera_effects, jitter_box, lever_rng, occlude, photo_background,
+                      random_environment)
 
-__all__ = ["PlannedSample", "SynthConfig", "SynthSample", "plan_dataset", "render_sample"]
+__all__ = ["LEVERS", "LEVERS_OFF", "PlannedSample", "SynthConfig", "SynthSample", "plan_dataset",
+           "render_sample"]
+
+#: The realism levers among :class:`SynthConfig`'s fields (issue 14, benchmarks/sim2real.py),
+#: each with the value that renders as synth did before it existed (off). Folders made
+#: then are completed by a synth that leaves the levers at these values.
+LEVERS_OFF = {"specular": (0.03, 0.25), "fresnel": None, "skin_detail": 0.0,
+              "environment_probability": 0.0, "photo_background_probability": 0.0,
+              "occluder_probability": 0.0, "camera_effects": 0.0, "crop_jitter": 0.0}
+LEVERS = tuple(LEVERS_OFF)
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,21 @@ class SynthConfig:
         two_light_probability, shadow_probability: chances of a second light and of
             cast shadows.
         crop_scale: the crop square is ``crop_scale`` x the landmarks' box (§4: 1.2).
+
+    Realism levers (:mod:`crossmodal.synth.realism`; 0 or None is off):
+        specular: range of a person's specular weight.
+        fresnel: Schlick's F0 of the highlights (skin: ~0.028), None for none.
+        skin_detail: amplitude of pores, mottling, freckles, moles, stubble and
+            make-up-like tones (1 is the designed strength).
+        environment_probability: chance of a soft coloured environment light
+            (spherical harmonics) on top of the point lights.
+        photo_background_probability: chance of a real photo behind the face.
+        occluder_probability: chance of hair, glasses or a hand over part of the face
+            (those pixels leave the facial mask).
+        camera_effects: chance of each camera effect (white balance, exposure,
+            vignetting, blur, sensor noise, JPEG).
+        crop_jitter: standard deviation of the crop box's shift (x side) and log-scale,
+            as a face detector's landmarks would move it.
     """
 
     size: int = 256
@@ -68,6 +105,98 @@ class SynthConfig:
     two_light_probability: float = 0.5
     shadow_probability: float = 0.5
     crop_scale: float = 1.2
+    specular: tuple[float, float] = (0.03, 0.25)
+    fresnel: float | None = None
+    skin_detail: float = 0.0
+    environment_probability: float = 0.0
+    photo_background_probability: float = 0.0
+    occluder_probability: float = 0.0
+    camera_effects: float = 0.0
+    crop_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("two_light_probability", "shadow_probability", "environment_probability",
+                     "photo_background_probability", "occluder_probability",
+                     "camera_effects"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"synth setting {name} is a probability, in [0, 1]; got "
+                                 f"{getattr(self, name)}")
+        for name in ("distance_cm", "intensity", "ambient", "specular"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise InputError(f"synth setting {name} is a range [low, high] with "
+                                 f"0 <= low <= high; got {[low, high]}")
+        if not 0 <= self.skin_detail <= 3:
+            raise InputError(f"synth setting skin_detail is an amplitude in [0, 3] (1: as "
+                             f"designed); got {self.skin_detail}")
+        if not 0 <= self.crop_jitter <= 0.3:
+            raise InputError(f"synth setting crop_jitter is a standard deviation in "
+                             f"[0, 0.3] (of the crop's side); got {self.crop_jitter}")
+        if self.fresnel is not None and not 0 < self.fresnel <= 1:
+            raise InputError(f"synth setting fresnel is Schlick's F0 in (0, 1] (skin: "
+                             f"0.028) or null for none; got {self.fresnel}")
+        if not (0 <= self.max_rotation_deg <= 180 and self.expression_active >= 0
+                and 0 <= self.expression_max <= 1 and self.crop_scale > 0):
+            raise InputError(f"synth settings out of range: max_rotation_deg "
+                             f"{self.max_rotation_deg} (0-180), expression_active "
+                             f"{self.expression_active} (>= 0), expression_max "
+                             f"{self.expression_max} (0-1), crop_scale {self.crop_scale} (> 0)")
+
+    def with_settings(self, settings: typing.Sequence[str],
+                      options: typing.Mapping[str, str] | None = None) -> SynthConfig:
+        """This config with ``KEY=VALUE`` settings applied (values are YAML: ``0.5``,
+        ``[0.1, 0.3]``, ``null``), for ``crossmodal synth --set``.
+
+        Args:
+            options: fields that have their own command-line option, ``{field: option}``;
+                setting one of them names the option instead.
+
+        Raises:
+            InputError: a malformed pair, an unknown key (the message lists the valid
+                ones) or a value of the wrong type or range.
+        """
+        options = options or {}
+        hints = typing.get_type_hints(SynthConfig)
+        settable = [f.name for f in fields(self) if f.name not in options]
+        changes = {}
+        for pair in settings:
+            key, sep, text = pair.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise InputError(f"--set takes KEY=VALUE, e.g. --set skin_detail=1; got "
+                                 f"{pair!r}")
+            if key in options:
+                raise InputError(f"{key} has its own option: use {options[key]}")
+            if key not in settable:
+                raise InputError(f"unknown synth setting {key!r}; valid: {', '.join(settable)}")
+            changes[key] = _coerce(key, yaml.safe_load(text), hints[key])
+        return replace(self, **changes)
+
+
+def _coerce(key: str, value, hint) -> typing.Any:
+    """``value`` (parsed YAML) as the type of field ``key`` (``hint``), or InputError."""
+    nullable = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if nullable and value is None:
+        return None
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if nullable else hint
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        items = typing.get_args(base)
+        if isinstance(value, list) and len(value) == len(items):
+            return tuple(_coerce(key, v, t) for v, t in zip(value, items))
+        want = f"a list of {len(items)} numbers, e.g. [{', '.join(['0.1'] * len(items))}]"
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        want = "a number"
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        want = "an integer"
+    else:
+        return value
+    raise InputError(f"synth setting {key} must be {want}{' or null' if nullable else ''}; "
+                     f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -161,9 +290,11 @@ def render_sample(planned: PlannedSample, seed: int, config: SynthConfig,
     """Render one planned sample; the same ``(planned, seed, config)`` gives the same
     arrays bit for bit."""
     model = model or FaceModel.load()
-    subject_rng = np.random.default_rng([seed, 1, int(planned.subject.split("_")[1])])
+    subject = int(planned.subject.split("_")[1])
+    subject_rng = np.random.default_rng([seed, 1, subject])
     identity = subject_rng.standard_normal(model.n_identity).astype(np.float32)
-    look = sample_look(subject_rng)
+    look = sample_look(subject_rng, config.specular, config.skin_detail,
+                       int(lever_rng(seed, subject, "skin").integers(2**62)))
     rng = np.random.default_rng([seed, 2, planned.index])
 
     vertices = model.vertices(identity, _expression(rng, model, config))
@@ -181,6 +312,9 @@ def render_sample(planned: PlannedSample, seed: int, config: SynthConfig,
     uv = np.stack([focal * landmarks3d[:, 0] / -landmarks3d[:, 2],
                    -focal * landmarks3d[:, 1] / -landmarks3d[:, 2]], axis=-1)
     crop = crop_from_landmarks(uv, size=config.size, scale=config.crop_scale)
+    if config.crop_jitter:
+        crop = Crop.from_box(*jitter_box(crop.box, lever_rng(seed, planned.index, "crop"),
+                                         config.crop_jitter), config.size)
     (sx, _, tx), (_, sy, ty) = crop.matrix
     camera = Camera(config.size, config.size, Intrinsics(sx * focal, sy * focal, tx, ty))
 
@@ -188,12 +322,31 @@ def render_sample(planned: PlannedSample, seed: int, config: SynthConfig,
     if rng.random() < config.two_light_probability:
         lights.append(_random_light(rng, config))
     shadows = bool(rng.random() < config.shadow_probability)
-    result = render(
-        camera_space, model.triangles, camera, lights=lights,
-        vertex_colors=vertex_colors(model, look), ambient=float(rng.uniform(*config.ambient)),
-        specular=look.specular, shininess=look.shininess, shadows=shadows,
-        background=background(config.size, rng), landmarks=model.landmarks68)
-    facial = landmark_mask(result.landmarks, result.mask.shape) & result.mask
+    ambient = float(rng.uniform(*config.ambient))
+    backdrop = background(config.size, rng)
     meta = {"rotation": rotation.tolist(), "distance_cm": float(distance),
             "lights": [[*light.direction, light.intensity] for light in lights], "shadows": shadows}
-    return SynthSample(planned, result.image, result.normals, facial, result.landmarks, meta)
+    env_rng = lever_rng(seed, planned.index, "environment")
+    environment = (random_environment(env_rng)
+                   if env_rng.random() < config.environment_probability else None)
+    meta["environment"] = environment is not None
+    bg_rng = lever_rng(seed, planned.index, "background")
+    if bg_rng.random() < config.photo_background_probability:
+        backdrop = photo_background(config.size, bg_rng)
+        meta["background"] = "photo"
+    result = render(
+        camera_space, model.triangles, camera, lights=lights,
+        vertex_colors=vertex_colors(model, look), ambient=ambient, environment=environment,
+        specular=look.specular, shininess=look.shininess, fresnel=config.fresnel,
+        shadows=shadows, background=backdrop, landmarks=model.landmarks68)
+    image = result.image
+    facial = landmark_mask(result.landmarks, result.mask.shape) & result.mask
+    if planned.kind != "normal":  # what only changes the image needs an image
+        occluder_rng = lever_rng(seed, planned.index, "occluder")
+        if occluder_rng.random() < config.occluder_probability:
+            image, facial, meta["occluder"] = occlude(
+                image, facial, result.landmarks, occluder_rng, hair=look.hair, skin=look.skin)
+        if config.camera_effects:
+            image, meta["camera_effects"] = camera_effects(
+                image, lever_rng(seed, planned.index, "camera"), config.camera_effects)
+    return SynthSample(planned, image, result.normals, facial, result.landmarks, meta)

@@ -83,6 +83,10 @@ def test_workers_beyond_the_samples_left_are_capped_with_a_note(whole, part, cap
     (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
     (["--count", "0"], "--count must be at least 1, got 0"),
     (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--set", "skin_detial=1"], "unknown synth setting 'skin_detial'; valid: "),
+    (["--set", "camera_effects=2"], "synth setting camera_effects is a probability"),
+    (["--set", "size=32"], "size has its own option: use --size"),
+    (["--set", "crop_jitter"], "--set takes KEY=VALUE"),
 ])
 def test_out_of_range_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     args = ["synth", "--out", str(tmp_path / "x"), "--count", "2", "--size", "64", *argv]
