@@ -288,3 +288,32 @@ def test_on_cuda_with_cpu_target_and_mask(loss_fn):
     assert got.item() == pytest.approx(expected.item(), abs=1e-12)
     got.backward()
     assert torch.isfinite(p.grad).all()
+
+
+def test_normal_angle_loss_is_the_mean_angle_in_radians():
+    from crossmodal.models.losses import normal_angle_loss
+    target = torch.zeros(1, 3, 2, 2)
+    target[:, 2] = 1.0
+    pred = torch.zeros(1, 3, 2, 2)
+    angles = torch.tensor([[0.0, 30.0], [60.0, 90.0]]) * math.pi / 180
+    pred[0, 0], pred[0, 2] = 2 * torch.sin(angles), 2 * torch.cos(angles)  # any length
+    mask = torch.tensor([[[True, True], [True, False]]])
+    loss = normal_angle_loss(pred.requires_grad_(), target, mask)
+    assert loss.item() == pytest.approx((0 + 30 + 60) / 3 * math.pi / 180, abs=1e-3)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()  # also at the exact match (clamped)
+    assert pred.grad[0, :, 1, 1].abs().max() == 0  # masked out
+    # Equal pull at every error: the gradient along the angle is 1/3 rad per rad for
+    # each of the three pixels, where 1 - cos would give sin(angle) / 3.
+    tangential = -pred.grad[0, 0, 0, 1] * math.cos(angles[0, 1]) \
+        + pred.grad[0, 2, 0, 1] * math.sin(angles[0, 1])
+    assert (-tangential * 2).item() == pytest.approx(1 / 3, rel=1e-3)
+
+
+def test_normal_angle_is_a_schedule_loss_term():
+    from crossmodal.config import ScheduleConfig
+    from crossmodal.models.losses import LOSS_TERMS, normal_angle_loss
+    assert LOSS_TERMS["normal_angle"] == ("normals", normal_angle_loss)
+    ScheduleConfig(loss_weights={"normal_to_normal": {"normal_angle": 1.0},
+                                 "image_to_normal": {"normal_angle": 1.0, "image": 1.0},
+                                 "image_to_image": {"image": 1.0}})

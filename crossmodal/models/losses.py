@@ -1,5 +1,6 @@
-"""Training losses (paper §3.3): eq. 1 cosine normal loss, eq. 2 L2 image loss, masked; and
-the terms of the Pix2Pix baseline ("Normal Map Estimation in the Wild", seed 001, *Wild*):
+"""Training losses (paper §3.3): eq. 1 cosine normal loss, eq. 2 L2 image loss, masked; the
+angular error itself (``normal_angle``, DSINE's choice); and the terms of the Pix2Pix
+baseline ("Normal Map Estimation in the Wild", seed 001, *Wild*):
 L_rec (MSE on the normals), L_vgg (perceptual) and L_adv (adversarial).
 
 Both losses are applied "only on facial regions": every pixel carries a weight from the
@@ -44,8 +45,9 @@ from ..errors import InputError
 from ..vectors import unit_vectors
 from .pix2pix import adversarial_loss
 
-__all__ = ["CRITIC_TERMS", "LOSS_TERMS", "discriminator_loss", "generator_adversarial_loss",
-           "image_loss", "masked_normals", "normal_loss", "normal_mse_loss", "perceptual_loss"]
+__all__ = ["ANGLE_CLAMP", "CRITIC_TERMS", "LOSS_TERMS", "discriminator_loss",
+           "generator_adversarial_loss", "image_loss", "masked_normals", "normal_angle_loss",
+           "normal_loss", "normal_mse_loss", "perceptual_loss"]
 
 
 def normal_loss(
@@ -66,14 +68,47 @@ def normal_loss(
         docstring: batch-pooled, not per-image), in [0, 2]; exactly 0 (with a grad_fn)
         when no pixel is usable.
     """
-    pred, target, weight = _prepare(pred, target, mask, "normal_loss", channels=3)
+    cos, weight = _masked_cosines(pred, target, mask, "normal_loss")
+    return _weighted_mean(1.0 - cos, weight)
+
+
+#: :func:`normal_angle_loss` clamps cosines to ``[-1 + d, 1 - d]``: the derivative of
+#: arccos, ``-1 / sqrt(1 - c^2)``, is infinite at +-1 (about 700 at the clamp).
+ANGLE_CLAMP = 1e-6
+
+
+def normal_angle_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The mean angular error in radians over mask pixels, ``mean arccos(cos(pred,
+    target))``: the metric itself (docs/design.md §6) as a loss, as DSINE trains (not
+    the paper).
+
+    Eq. 1's ``1 - cos`` is flat near a correct normal (its gradient shrinks as ``sin`` of
+    the error), so pixels that are nearly right hardly pull; the angle's gradient has the
+    same size at every error, so every pixel counts as it counts in the mean error.
+    Arguments, pixels used and batch pooling as :func:`normal_loss`; cosines are clamped
+    by :data:`ANGLE_CLAMP`.
+
+    Returns:
+        A scalar tensor in [0, pi]; exactly 0 (with a grad_fn) when no pixel is usable.
+    """
+    cos, weight = _masked_cosines(pred, target, mask, "normal_angle_loss")
+    return _weighted_mean(torch.acos(cos.clamp(-1 + ANGLE_CLAMP, 1 - ANGLE_CLAMP)), weight)
+
+
+def _masked_cosines(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                    what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, weight)``, both ``(B, H, W)``: the cosines of the renormalised prediction and
+    target (0 where unused) and the pixel weights, 0 where the target is non-finite or
+    zero-length (:func:`normal_loss`)."""
+    pred, target, weight = _prepare(pred, target, mask, what, channels=3)
     t_unit, t_valid = unit_vectors(target)
     weight = weight * t_valid.squeeze(1).to(weight.dtype)
     used = (weight > 0).unsqueeze(1)
     # t_unit is NaN where the target is not finite; those pixels are unused and zeroed.
     p_unit, _ = unit_vectors(torch.where(used, pred, 0.0))
-    cos = (p_unit * torch.where(used, t_unit, 0.0)).sum(dim=1)
-    return _weighted_mean(1.0 - cos, weight)
+    return (p_unit * torch.where(used, t_unit, 0.0)).sum(dim=1), weight
 
 
 def image_loss(
@@ -228,6 +263,7 @@ def _weighted_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 #: ``(network, pred, batch) -> scalar``.
 LOSS_TERMS = {
     "normal": ("normals", normal_loss),                     # eq. 1, masked cosine
+    "normal_angle": ("normals", normal_angle_loss),         # the angular error (DSINE)
     "image": ("image", image_loss),                         # eq. 2, masked L2
     "normal_mse": ("normals", normal_mse_loss),             # Wild's L_rec
     "perceptual": ("normals", perceptual_loss),             # Wild's L_vgg
