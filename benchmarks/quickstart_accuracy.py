@@ -1,13 +1,17 @@
-"""Held-out accuracy of the quickstart: the full model beside ablations, same budget.
+"""Held-out accuracy of the quickstart: the full model beside its ablations (paper Fig. 6),
+same budget, on synthetic faces and on a real scan.
 
     python benchmarks/quickstart_accuracy.py [--variants full plain_unet] [KEY=VALUE ...]
+    python benchmarks/quickstart_accuracy.py --variants full no_skips no_normal_encoder \
+        plain_unet                                            # the table of issue 14
 
 For each variant, runs the main job (``crossmodal.demo``: synthetic data, training with
-``experiments/quickstart.yaml``, evaluation on the held-out test identities) with the same
-steps, batch size, data and seed, into ``runs/quickstart`` (full) or
-``runs/quickstart_<variant>``; then prints the ``crossmodal report`` table and writes it
-with the per-variant metrics to ``--out`` (JSON) and beside it (markdown). Uses CUDA when
-available (the trainer's ``device: auto``).
+``experiments/quickstart.yaml``, evaluation on the held-out test identities and on the
+real-scan set) with the same steps, batch size, data and seed, into ``runs/quickstart``
+(full) or ``runs/quickstart_<variant>``; then prints the ``crossmodal report`` table (a
+row per variant and test set) and writes it with the per-variant metrics to ``--out``
+(JSON) and beside it (markdown). Uses CUDA when available (the trainer's ``device:
+auto``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ def main() -> None:
         start = time.perf_counter()
         run_dir = run(EXPERIMENT, tuple(overrides))
         results[variant] = {**json.loads((run_dir / "eval.json").read_text()),
+                            "real": json.loads((run_dir / "eval_real.json").read_text()),
                             "run_dir": str(run_dir),
                             "minutes": round((time.perf_counter() - start) / 60, 1)}
-        run_dirs.append(str(run_dir))
+        run_dirs += [str(run_dir), str(run_dir / "eval_real.json")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cli(["report", *run_dirs, "--out", str(args.out.with_suffix(".md")),
-         "--title", "Quickstart: held-out synthetic identities, same training budget"])
+         "--title", "Quickstart: held-out synthetic identities and a real scan's renders, "
+         "same training budget"])
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
