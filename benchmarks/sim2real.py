@@ -2,7 +2,7 @@
 moves the error on real faces.
 
     python benchmarks/sim2real.py levers [--rows baseline skin_detail ...] [--steps 700]
-    python benchmarks/sim2real.py recipe [--rows 64px 96px ...] [--minutes 8]
+    python benchmarks/sim2real.py recipe [--rows quickstart quickstart_96px ...] [--minutes 6]
     python benchmarks/sim2real.py levers --combine skin_detail environment   # + a row
                                                                            # with both
 
@@ -22,10 +22,11 @@ eval`` on
 own random stream), so the rows differ only by the lever. ``baseline_seed1`` trains the
 baseline again with another seed: the spread to read the other rows against.
 
-``recipe`` (resolution, batch, data count, decoder widths): every row gets the same
-wall-clock budget (``--minutes``) of training on this machine. A row first trains 30 steps
-to time its step, then resumes to the steps that fill the budget; the learning rate is
-constant, so that equals a run of that length from the start.
+``recipe`` (model widths, normal loss, learning rate, resolution, batch, data count): every
+row gets the same wall-clock budget (``--minutes``) of training on this machine. A row
+first trains 30 steps to time its step (on a quiet machine: anything running beside it
+slows it), then resumes to the steps that fill the budget; the learning rate is constant,
+so that equals a run of that length from the start.
 
 Datasets go to ``<data root>/sim2real/`` (default root ``$CROSSMODAL_DATA``, else
 ``data``), runs to ``runs/sim2real/<study>/<row>``; finished stages are reused. Prints the
@@ -71,34 +72,31 @@ LEVER_ROWS = {
 }
 #: The real photos of the ``real_photos`` row (image-only protocol crops of these).
 PHOTOS = Path(__file__).resolve().parents[1] / "crossmodal" / "assets" / "photos"
-#: A narrower normal and image decoder (the decoders are ~95% of the full model's
-#: arithmetic at 64 px; the encoders stay ResNet-18).
-NARROW = ["model.normal_decoder_widths=[512,320,160,128,96]",
+#: The paper's widths (ModelConfig's defaults: ResNet-18 trunks, the authors' decoders).
+PAPER_WIDTHS = ["model.trunk_width=64", "model.normal_decoder_widths=[768,640,320,320,192]",
+                "model.image_decoder_widths=[512,512,256,256,128]", "model.head_channels=64"]
+#: Narrower decoders on full-width ResNet-18 trunks.
+NARROW = ["model.trunk_width=64", "model.normal_decoder_widths=[512,320,160,128,96]",
           "model.image_decoder_widths=[512,256,128,128,64]", "model.head_channels=32"]
-#: Narrow decoders on ResNet-18 trunks of half the width (w = 32: a quarter of the
-#: encoders' arithmetic and parameters).
-NARROW_W32 = ["model.trunk_width=32", "model.normal_decoder_widths=[384,256,128,96,64]",
-              "model.image_decoder_widths=[256,192,96,64,48]", "model.head_channels=32"]
-#: The angular error itself as the normal loss of both normal passes, instead of eq. 1's
-#: 1 - cos (crossmodal.models.losses.normal_angle_loss).
-ANGULAR = [f"schedule.loss_weights.{route}.{term}={weight}"
-           for route in ("image_to_normal", "normal_to_normal")
-           for term, weight in (("normal", 0), ("normal_angle", 1))]
-#: recipe: row -> (image size, faces rendered, training overrides).
+#: Eq. 1's 1 - cos as the normal loss of both normal passes (the paper's), instead of the
+#: quickstart's angular error.
+COSINE = [f"schedule.loss_weights.{route}.{term}={weight}"
+          for route in ("image_to_normal", "normal_to_normal")
+          for term, weight in (("normal", 1), ("normal_angle", 0))]
+#: recipe: row -> (image size, faces rendered, training overrides), each a change to
+#: experiments/quickstart.yaml (half-width trunks, narrow decoders, the angular loss).
 RECIPE_ROWS = {
-    "64px": (64, 4000, []),
-    "96px": (96, 4000, []),
-    "128px": (128, 4000, []),
-    "64px_batch4": (64, 4000, ["data.batch_size=4"]),
-    "64px_batch16": (64, 4000, ["data.batch_size=16"]),
-    "64px_2000_faces": (64, 2000, []),
-    "64px_8000_faces": (64, 8000, []),
-    "64px_narrow": (64, 4000, NARROW),
-    "64px_narrow_batch16": (64, 4000, [*NARROW, "data.batch_size=16"]),
-    "64px_narrow_w32": (64, 4000, NARROW_W32),
-    "64px_narrow_w32_angular": (64, 4000, [*NARROW_W32, *ANGULAR]),
-    "64px_narrow_w32_lr1e-3": (64, 4000, [*NARROW_W32, "optim.lr=1e-3"]),
-    "96px_narrow": (96, 4000, NARROW),
+    "paper_widths_cosine": (64, 4000, [*PAPER_WIDTHS, *COSINE]),
+    "narrow_decoders_cosine": (64, 4000, [*NARROW, *COSINE]),
+    "quickstart_cosine": (64, 4000, COSINE),
+    "quickstart_cosine_lr1e-3": (64, 4000, [*COSINE, "optim.lr=1e-3"]),
+    "quickstart": (64, 4000, []),
+    "quickstart_96px": (96, 4000, []),
+    "quickstart_128px": (128, 4000, []),
+    "quickstart_batch4": (64, 4000, ["data.batch_size=4"]),
+    "quickstart_batch16": (64, 4000, ["data.batch_size=16"]),
+    "quickstart_2000_faces": (64, 2000, []),
+    "quickstart_8000_faces": (64, 8000, []),
 }
 CALIBRATION_STEPS = 30
 
@@ -203,15 +201,19 @@ def run_row(study: str, row: str, *, root: Path, size: int, count: int, settings
 
 
 def table(results: dict[str, dict]) -> str:
+    """Markdown: a row per study row; the synth settings of a lever row, the step time of
+    a recipe row (the rows' overrides are in the JSON and in ``LEVER_ROWS`` /
+    ``RECIPE_ROWS``)."""
     lines = ["| row | real mean ± std | real median | real < 30° | synthetic mean ± std | "
-             "steps | settings |", "|:--|--:|--:|--:|--:|--:|:--|"]
+             "steps | s/step | synth settings |", "|:--|--:|--:|--:|--:|--:|--:|:--|"]
     for row, r in results.items():
         real, synthetic = r["real"], r["synthetic"]
-        what = " ".join([*r["settings"], *r["overrides"]]).replace("model.", "") or "-"
+        seconds = r.get("seconds_per_step")
         lines.append(f"| {row} | {real['mean']:.2f} ± {real['std']:.2f} | "
                      f"{real['median']:.2f} | {real['below']['30']:.1f}% | "
                      f"{synthetic['mean']:.2f} ± {synthetic['std']:.2f} | {r['steps']} | "
-                     f"`{what}` |")
+                     f"{'-' if seconds is None else f'{seconds:.2f}'} | "
+                     f"{' '.join(f'`{s}`' for s in r['settings']) or '-'} |")
     return "\n".join(lines)
 
 
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--combine", nargs="+", metavar="ROW",
                         help="levers: also a row with these rows' settings together")
     parser.add_argument("--steps", type=int, default=700, help="levers: training steps")
-    parser.add_argument("--minutes", type=float, default=8.0,
+    parser.add_argument("--minutes", type=float, default=6.0,
                         help="recipe: training minutes of every row")
     parser.add_argument("--count", type=int, default=4000, help="levers: faces rendered")
     parser.add_argument("--size", type=int, default=64, help="levers: image size")
