@@ -334,3 +334,17 @@ def test_a_run_records_the_data_root_it_read(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "run")
     monkeypatch.setenv("CROSSMODAL_DATA", "/other")
     assert load_config(tmp_path / "run" / "config.yaml") == config
+
+
+def test_quickstart_is_the_full_graph_sized_for_a_cpu_and_trained_on_the_angle():
+    """Issue 14's recipe: the paper's full model and schedule with half-width trunks and
+    narrow decoders, both normal passes on the angular error; base.yaml keeps eq. 1."""
+    quick, base = (load_config(EXPERIMENTS / f"{n}.yaml") for n in ("quickstart", "base"))
+    assert quick.model.variant == "full" and quick.model.trunk_width == 32
+    assert quick.schedule.paired == base.schedule.paired
+    for route in ("image_to_normal", "normal_to_normal"):
+        weights = {t: w for t, w in quick.schedule.loss_weights[route].items() if w}
+        assert weights.pop("normal_angle") == 1.0 and "normal" not in weights
+        assert base.schedule.loss_weights[route]["normal"] == 1.0
+    count = sum(p.numel() for p in CrossModalNet(quick.model).parameters())
+    assert count < sum(p.numel() for p in CrossModalNet(base.model).parameters()) / 4
