@@ -13,8 +13,7 @@ from crossmodal.synth.face_model import FaceModel
 from crossmodal.synth.generate import generate
 from crossmodal.synth.realism import (BACKGROUND_PHOTOS, camera_effects, jitter_box, occlude,
                                       photo_background, random_environment)
-from crossmodal.synth.sampler import (LEVERS, LEVERS_OFF, SynthConfig, plan_dataset,
-                                      render_sample)
+from crossmodal.synth.sampler import LEVERS_OFF, SynthConfig, plan_dataset, render_sample
 
 SMALL = replace(SynthConfig(), size=64)
 
@@ -30,8 +29,8 @@ def plans():
 
 
 def test_the_levers_are_off_by_their_legacy_values():
-    assert set(LEVERS) <= {f for f in SynthConfig.__dataclass_fields__}
-    assert {name: getattr(SynthConfig(), name) for name in LEVERS} == LEVERS_OFF
+    assert set(LEVERS_OFF) <= {f for f in SynthConfig.__dataclass_fields__}
+    assert {name: getattr(SynthConfig(), name) for name in LEVERS_OFF} == LEVERS_OFF
 
 
 @pytest.mark.parametrize("settings", [
@@ -181,7 +180,7 @@ def test_synth_set_is_recorded_and_a_rerun_with_other_levers_is_refused(tmp_path
 def test_a_folder_made_before_the_levers_is_still_completed(tmp_path):
     out = generate(tmp_path / "old", 4, config=SMALL, workers=1, progress=False)
     record = json.loads((out / "synth.json").read_text())
-    for name in LEVERS:  # as synth wrote it before the levers existed
+    for name in LEVERS_OFF:  # as synth wrote it before the levers existed
         del record["config"][name]
     (out / "synth.json").write_text(json.dumps(record))
     (out / "masks" / "synth_000003.png").unlink()

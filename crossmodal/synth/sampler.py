@@ -44,7 +44,7 @@ from .face_model import FaceModel
 from .realism import (camera_effects, jitter_box, lever_rng, occlude, photo_background,
                       random_environment)
 
-__all__ = ["LEVERS", "LEVERS_OFF", "PlannedSample", "SynthConfig", "SynthSample", "plan_dataset",
+__all__ = ["LEVERS_OFF", "PlannedSample", "SynthConfig", "SynthSample", "plan_dataset",
            "render_sample"]
 
 #: The realism levers among :class:`SynthConfig`'s fields (issue 14, benchmarks/sim2real.py),
@@ -53,7 +53,6 @@ __all__ = ["LEVERS", "LEVERS_OFF", "PlannedSample", "SynthConfig", "SynthSample"
 LEVERS_OFF = {"specular": (0.03, 0.25), "fresnel": None, "skin_detail": 0.0,
               "environment_probability": 0.0, "photo_background_probability": 0.0,
               "occluder_probability": 0.0, "camera_effects": 0.0, "crop_jitter": 0.0}
-LEVERS = tuple(LEVERS_OFF)
 
 
 @dataclass(frozen=True)
