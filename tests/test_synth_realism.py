@@ -134,7 +134,8 @@ def test_photo_backgrounds_are_bundled_with_their_licence():
 def test_occlude_returns_a_subset_of_the_mask():
     rng = np.random.default_rng(3)
     image = np.full((64, 64, 3), 0.5, np.float32)
-    mask = np.ones((64, 64), bool)
+    mask = np.zeros((64, 64), bool)
+    mask[8:60, 6:58] = True  # a face region, not the whole crop
     # Any plausible 68 points will do: a diagonal line with the eyes where eyes are.
     points = np.stack([np.linspace(12, 52, 68), np.linspace(14, 54, 68)], 1)
     points[36:42] = [20, 28]
@@ -142,7 +143,10 @@ def test_occlude_returns_a_subset_of_the_mask():
     for _ in range(6):
         out, kept, kind = occlude(image, mask, points, rng, hair=(0.1, 0.1, 0.1),
                                   skin=(0.8, 0.6, 0.5))
-        assert kind in ("hair", "glasses", "hand") and not kept.all() and kept.any()
+        assert kind in ("hair", "glasses", "hand")
+        assert not (kept & ~mask).any() and kept.sum() < mask.sum() and kept.any()
+        painted = np.abs(out - image).max(-1) > 1e-4
+        assert painted.any() and not (painted & kept).any()
 
 
 def test_with_settings_parses_yaml_and_names_the_valid_keys():
