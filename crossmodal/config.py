@@ -275,6 +275,9 @@ class TrainConfig:
         init_from: a checkpoint whose model weights initialise training; optimizer and
             step start fresh (e.g. fine-tuning, ``photoface_finetune.yaml``). None trains
             from scratch.
+        ema_decay: validate, and keep as ``best.pt``, an exponential moving average of the
+            weights with this decay (:mod:`crossmodal.engine.ema`; e.g. 0.999); 0 (the
+            default, the paper's) scores the trained weights themselves.
         vgg16_weights: a local copy of torchvision's ImageNet ``vgg16`` state dict
             (``vgg16-397923af.pth``), read only when a pass weighs the ``perceptual`` term,
             and then required: training stops before its first step without it. A loss
@@ -293,6 +296,7 @@ class TrainConfig:
     val_batches: int = 0
     image_every: int = 0
     init_from: str | None = None
+    ema_decay: float = 0.0
     vgg16_weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -306,6 +310,9 @@ class TrainConfig:
         negative = [f"train.{name}={n}" for name, n in counts.items() if n < 0]
         if negative:
             raise InputError(f"{', '.join(negative)} must be >= 0 (0 disables)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"train.ema_decay must be in [0, 1) (0 disables), got "
+                             f"{self.ema_decay}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from crossmodal.cli import main
 from crossmodal.config import (DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
                                config_to_dict)
 from crossmodal.engine.data import TrainSet, resize_sample
+from crossmodal.engine.ema import WeightAverage
 from crossmodal.engine.lr_schedule import learning_rate
 from crossmodal.engine.trainer import Trainer, resolve_amp
 from crossmodal.errors import CrossmodalError
@@ -142,6 +143,80 @@ def test_init_from_loads_the_weights_only(straight, data_root, tmp_path):
     weights = load_checkpoint(source)["model"]
     assert all(torch.equal(v, weights[k]) for k, v in trainer.net.state_dict().items())
     assert trainer.step == 0 and not trainer.optimizer.state
+
+
+def test_weight_average_follows_its_formula_and_copies_integer_buffers():
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    ema = WeightAverage(net, decay=0.5)
+    assert ema.decay_at(1) == pytest.approx(2 / 11)  # warming up: (1 + t) / (10 + t)
+    assert ema.decay_at(100) == 0.5                    # capped by the decay
+    with torch.no_grad():
+        net[0].weight.fill_(12.0)
+    net[1].num_batches_tracked.fill_(7)
+    ema.update(net, 1)  # 2/11 * 1 + 9/11 * 12 = 10
+    assert ema.net[0].weight.item() == pytest.approx(10.0)
+    assert ema.net[1].num_batches_tracked.item() == 7
+    ema.update(net, 100)  # 0.5 * 10 + 0.5 * 12
+    assert ema.net[0].weight.item() == pytest.approx(11.0)
+    assert net[0].weight.item() == 12.0 and not ema.net[0].weight.requires_grad
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+            WeightAverage(net, decay)
+    with pytest.raises(CrossmodalError, match=r"train.ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_ema_is_what_validation_scores_and_best_pt_keeps(data_root, tmp_path, monkeypatch):
+    trainer = Trainer(config(data_root, tmp_path / "ema", val_every=0, ema_decay=0.5))
+    initial = copy.deepcopy(trainer.net.state_dict())
+    seen = []
+    update = trainer.ema.update
+
+    def record(net, step):
+        seen.append((step, copy.deepcopy(net.state_dict())))
+        update(net, step)
+
+    monkeypatch.setattr(trainer.ema, "update", record)
+    result = trainer.train()
+    assert [step for step, _ in seen] == list(range(1, STEPS + 1))
+    name = next(k for k, v in initial.items() if v.is_floating_point() and v.dim() == 4)
+    expected = initial[name].clone()
+    for step, weights in seen:
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * weights[name]
+    best = load_checkpoint(tmp_path / "ema" / "best.pt")
+    torch.testing.assert_close(best["model"][name], expected)
+    assert not torch.equal(best["model"][name], trainer.net.state_dict()[name])
+    # The mean best.pt was chosen on is that of the averaged weights.
+    scored, _ = evaluate_checkpoint(tmp_path / "ema" / "best.pt", data_root / "synth",
+                                    split="val", device="cpu", progress=False)
+    assert scored["mean"] == pytest.approx(result["val"]["val/mean"], abs=1e-4)
+    last = load_checkpoint(tmp_path / "ema" / "last.pt")
+    assert torch.equal(last["model"][name], trainer.net.state_dict()[name])
+    assert torch.equal(last["ema"][name], best["model"][name])
+
+
+def test_resume_restores_the_average(data_root, tmp_path, monkeypatch, caplog):
+    straight = Trainer(config(data_root, tmp_path / "a", val_every=0, ema_decay=0.5))
+    straight.train()
+    first = Trainer(config(data_root, tmp_path / "b", val_every=0, ema_decay=0.5))
+    monkeypatch.setattr(first, "_stop_requested",
+                        lambda: signal.SIGINT if first.step == 3 else None)
+    first.train()
+    Trainer(config(data_root, tmp_path / "b", val_every=0, ema_decay=0.5),
+            resume=True).train()
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["ema"] for run in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # A run without an average, resumed with one: it starts from the resumed weights.
+    plain = Trainer(config(data_root, tmp_path / "c", val_every=0, max_steps=2))
+    plain.train()
+    resumed = Trainer(config(data_root, tmp_path / "c", val_every=0, ema_decay=0.5),
+                      resume=True)
+    assert "holds no averaged weights" in caplog.text
+    weights = load_checkpoint(tmp_path / "c" / "last.pt")["model"]
+    assert all(torch.equal(v, weights[k]) for k, v in resumed.ema.net.state_dict().items())
 
 
 def test_resume_without_last_pt_is_a_clear_error(data_root, tmp_path):

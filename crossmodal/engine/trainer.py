@@ -15,7 +15,9 @@ TensorBoard (:mod:`.run_log`), validation (:mod:`.validation`) and the resumable
     RUN/last.pt          every train.checkpoint_every steps, at the end and on SIGINT/SIGTERM
                          (with the discriminator and its optimizer, when there is one)
     RUN/best.pt          the weights with the lowest validation mean angular error (the
-                         measurement `crossmodal eval` reports, docs/design.md §6)
+                         measurement `crossmodal eval` reports, docs/design.md §6); with
+                         train.ema_decay, the averaged weights (:mod:`.ema`) are the ones
+                         validated and kept
     RUN/metrics.jsonl    one JSON object per log or validation event
     RUN/tb/              TensorBoard: losses per iteration type, lr, speed, validation
                          metrics and image panels
@@ -56,6 +58,7 @@ from ..models.vgg import VGG16_FILE, VGG16_URL, PerceptualLoss, load_vgg16_weigh
 from ..provenance import settings_changes
 from . import distributed
 from .data import TrainSet, train_loader
+from .ema import WeightAverage
 from .guard import FiniteLossGuard
 from .lr_schedule import learning_rate
 from .run_log import RunLog
@@ -157,7 +160,7 @@ class Trainer:
         self._build_model(checkpoint is None)
         self._build_critics()
         self._build_data()
-        self.validator = Validator(self.net, config, rank=self.rank,
+        self.validator = Validator(self.scored_net, config, rank=self.rank,
                                    world_size=self.world_size, device=self.device)
         self._build_optimizer()
         self.step, self.best, self.last_val = 0, None, {}
@@ -230,7 +233,15 @@ class Trainer:
         self.memory_format = (torch.channels_last if train.channels_last
                               else torch.contiguous_format)
         self.net.to(self.device, memory_format=self.memory_format)
+        self.ema = (WeightAverage(self.net, train.ema_decay) if train.ema_decay > 0
+                    else None)
         self.plan = plan_for(self.config.schedule, self.net.routes)
+
+    @property
+    def scored_net(self) -> nn.Module:
+        """The weights validation scores and ``best.pt`` keeps: the average with
+        ``train.ema_decay``, else the trained network itself."""
+        return self.net if self.ema is None else self.ema.net
 
     def _build_critics(self) -> None:
         """The networks beside the model that the planned loss terms need, and only those:
@@ -294,6 +305,7 @@ class Trainer:
             checkpoint, self.run_dir / LAST, net=self.net, variant=self.config.model.variant,
             optimizer=self.optimizer, scaler=self.scaler, device=self.device,
             world_size=self.world_size, discriminator=self._discriminator_state,
+            ema=None if self.ema is None else self.ema.net,
             optim_settings={"betas": tuple(optim.betas), "weight_decay": optim.weight_decay})
         self.step = state["step"]
         self.best = state["metrics"].get("best")
@@ -448,6 +460,8 @@ class Trainer:
                 group["lr"] = lr * self.config.optim.discriminator_scale
         out = self.run_iterations(kind, batch)
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.net, self.step)
         return out
 
     def run_iterations(self, kind: str, batch: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -614,6 +628,8 @@ class Trainer:
         if not self.validator:
             return {}
         distributed.broadcast_buffers(self.net)  # each rank's forwards updated its own BN
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.net)  # and its average of them
         metrics = self.last_val = self.validator.run()
         improved = math.isfinite(metrics["val/mean"]) and (
             self.best is None or metrics["val/mean"] < self.best["val/mean"])
@@ -626,7 +642,7 @@ class Trainer:
                      metrics["val/below_20"], metrics["val/n_images"],
                      ", best so far" if improved else "")
             if improved:
-                save_checkpoint(self.run_dir / BEST, model=self.net,
+                save_checkpoint(self.run_dir / BEST, model=self.scored_net,
                                 config=config_to_dict(self.config), step=self.step,
                                 metrics=self._checkpoint_metrics())
             if self.config.train.image_every == 0:
@@ -650,6 +666,8 @@ class Trainer:
         (:mod:`crossmodal.checkpoint.training`); a collective (every rank calls it, at the
         same step)."""
         distributed.broadcast_buffers(self.net)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.net)
         if self.discriminator is not None:
             distributed.broadcast_buffers(self.discriminator)
         path = self.run_dir / LAST
@@ -658,5 +676,6 @@ class Trainer:
                                 optimizer=self.optimizer, scaler=self.scaler, step=self.step,
                                 metrics=self._checkpoint_metrics(), device=self.device,
                                 world_size=self.world_size,
-                                discriminator=self._discriminator_state)
+                                discriminator=self._discriminator_state,
+                                ema=None if self.ema is None else self.ema.net)
         return path
