@@ -348,3 +348,5 @@ def test_quickstart_is_the_full_graph_sized_for_a_cpu_and_trained_on_the_angle()
         assert base.schedule.loss_weights[route]["normal"] == 1.0
     count = sum(p.numel() for p in CrossModalNet(quick.model).parameters())
     assert count < sum(p.numel() for p in CrossModalNet(base.model).parameters()) / 4
+    assert (quick.train.max_steps, quick.train.ema_decay) == (2600, 0.999)
+    assert base.train.ema_decay == 0  # the paper scores its trained weights
