@@ -4,7 +4,7 @@
     python docs/figures.py --quickstart LABEL=RUN_DIR ...   # validation curves of runs
     python docs/figures.py --photos RUN_DIR      # a demo run's predictions of the bundled photos
 
-The README's quickstart curve is ``--quickstart "make demo (2,100 steps)=runs/quickstart"
+The README's quickstart curve is ``--quickstart "make demo (2,600 steps)=runs/quickstart"
 "no_skips=runs/quickstart_no_skips" "no_normal_encoder=runs/quickstart_no_normal_encoder"
 "plain_unet=runs/quickstart_plain_unet"`` (the runs of ``benchmarks/quickstart_accuracy.py``).
 """
