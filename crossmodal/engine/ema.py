@@ -53,7 +53,3 @@ class WeightAverage:
                 average.lerp_(live[name], weight)
             else:
                 average.copy_(live[name])
-
-    def reset(self, net: nn.Module) -> None:
-        """Restart the average from ``net``'s current weights."""
-        self.net.load_state_dict(net.state_dict())
