@@ -149,6 +149,29 @@ def test_occlude_returns_a_subset_of_the_mask():
         assert painted.any() and not (painted & kept).any()
 
 
+def test_identity_scale_scales_the_subjects_shape_and_only_that(model, plans, monkeypatch):
+    """The identity weights are identity_scale times the subject's draw, so the same
+    subject gets a face further from the mean face in the same direction; the rest of the
+    sample (expression, pose, lights) is the same draw."""
+    weights = []
+    vertices = model.vertices
+
+    def recording(identity, expression):
+        weights.append(np.asarray(identity, dtype=np.float64))
+        return vertices(identity, expression)
+
+    monkeypatch.setattr(model, "vertices", recording)
+    plan = next(p for p in plans if p.kind == "paired")
+    base = render_sample(plan, 0, SMALL, model)
+    wide = render_sample(plan, 0, replace(SMALL, identity_scale=1.5), model)
+    assert len(weights) == 2 and weights[0].shape == (model.n_identity,)
+    np.testing.assert_allclose(weights[1], 1.5 * weights[0], rtol=1e-6)
+    assert 0.5 < weights[0].std() < 1.5  # a draw in the face model's sigmas
+    assert np.abs(wide.landmarks - base.landmarks).max() > 0.1  # another face shape
+    with pytest.raises(InputError, match="identity_scale is a standard deviation in"):
+        SynthConfig().with_settings(["identity_scale=0"])
+
+
 def test_with_settings_parses_yaml_and_names_the_valid_keys():
     config = SynthConfig().with_settings(["skin_detail=1", "specular=[0.1, 0.5]",
                                           "fresnel=0.028"])

@@ -10,7 +10,7 @@ Every random choice of sample ``i`` comes from a generator seeded by ``(seed, i)
 every choice of a subject from ``(seed, subject)``, so a sample is the same whichever
 worker renders it, in whatever order.
 
-Per sample: identity weights N(0, 1) for all modes; a sparse expression (a few
+Per sample: identity weights N(0, identity_scale²) for all modes; a sparse expression (a few
 blendshapes); a rotation about a random axis by an angle in [-45°, 45°]; one or two
 directional lights with positive z and intensities in [0, 2]; a camera distance and
 focal jitter; then the crop protocol of docs/design.md §4 applied with the projected
@@ -52,7 +52,8 @@ __all__ = ["LEVERS_OFF", "PlannedSample", "SynthConfig", "SynthSample", "plan_da
 #: then are completed by a synth that leaves the levers at these values.
 LEVERS_OFF = {"specular": (0.03, 0.25), "fresnel": None, "skin_detail": 0.0,
               "environment_probability": 0.0, "photo_background_probability": 0.0,
-              "occluder_probability": 0.0, "camera_effects": 0.0, "crop_jitter": 0.0}
+              "occluder_probability": 0.0, "camera_effects": 0.0, "crop_jitter": 0.0,
+              "identity_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class SynthConfig:
         samples_per_subject: renders per identity (different pose, expression, light).
         val_fraction, test_fraction: of subjects, held out (paired only).
         kind_weights: proportions of paired / image-only / normal-only train subjects.
+        identity_scale: standard deviation of the identity weights, in the face model's
+            sigmas (1: ICT-FaceKit's own spread of face shapes; more gives rarer shapes).
         max_rotation_deg: head rotation about a random axis, uniform in [-max, max].
         distance_cm: camera distance range to the head centre.
         expression_active: mean number of active blendshapes (Poisson).
@@ -95,6 +98,7 @@ class SynthConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     kind_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    identity_scale: float = 1.0
     max_rotation_deg: float = 45.0
     distance_cm: tuple[float, float] = (45.0, 150.0)
     expression_active: float = 2.0
@@ -125,6 +129,9 @@ class SynthConfig:
             if not 0 <= low <= high:
                 raise InputError(f"synth setting {name} is a range [low, high] with "
                                  f"0 <= low <= high; got {[low, high]}")
+        if not 0 < self.identity_scale <= 3:
+            raise InputError(f"synth setting identity_scale is a standard deviation in (0, 3] "
+                             f"sigmas (1: the face model's own); got {self.identity_scale}")
         if not 0 <= self.skin_detail <= 3:
             raise InputError(f"synth setting skin_detail is an amplitude in [0, 3] (1: as "
                              f"designed); got {self.skin_detail}")
@@ -291,7 +298,9 @@ def render_sample(planned: PlannedSample, seed: int, config: SynthConfig,
     model = model or FaceModel.load()
     subject = int(planned.subject.split("_")[1])
     subject_rng = np.random.default_rng([seed, 1, subject])
-    identity = subject_rng.standard_normal(model.n_identity).astype(np.float32)
+    # Scaling one draw keeps each subject's shape direction whatever the spread.
+    identity = (config.identity_scale
+                * subject_rng.standard_normal(model.n_identity)).astype(np.float32)
     look = sample_look(subject_rng, config.specular, config.skin_detail,
                        int(lever_rng(seed, subject, "skin").integers(2**62)))
     rng = np.random.default_rng([seed, 2, planned.index])
