@@ -14,7 +14,11 @@ synthetic faces is not in the skin's appearance but in the geometry.
 
 Bands are city-block distances to the nearest pixel outside the mask: 1 is the mask's
 outermost ring. Each band's figure pools the band's pixels over all images of the set.
-Prints the table and writes it as JSON (and markdown beside it) to ``--out``.
+Beside the error, each set's **ground-truth roughness** per band: the angle between the
+ground-truth normal and the ground truth smoothed by a Gaussian of 1 px (over the rendered
+surface), the part of the truth that varies at the scale of a pixel and that no smooth
+prediction follows. Prints the table and writes it as JSON (and markdown beside it) to
+``--out``.
 """
 
 from __future__ import annotations
@@ -54,10 +58,22 @@ def border_distance(mask: np.ndarray) -> np.ndarray:
     return np.rint(distance).astype(np.int64)
 
 
+def roughness(normals: np.ndarray) -> np.ndarray:
+    """Degrees ``(H, W)`` between ``(3, H, W)`` unit normals (zero off the surface) and
+    their Gaussian smoothing (sigma 1 px) over the surface pixels."""
+    surface = (np.abs(normals).sum(0) > 0).astype(np.float32)
+    weight = cv2.GaussianBlur(surface, (0, 0), 1.0)
+    smooth = np.stack([cv2.GaussianBlur(c * surface, (0, 0), 1.0) for c in normals])
+    smooth /= np.maximum(np.linalg.norm(smooth, axis=0), 1e-12)
+    cos = (normals * smooth).sum(0) * (weight > 0)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def band_errors(predictor: NormalPredictor, dataset_root: Path) -> dict:
-    """Pooled mean error and pixel share per band of :data:`BANDS`, and the set's mean
-    over images (``crossmodal eval``'s "mean")."""
+    """Pooled mean error, ground-truth roughness and pixel share per band of
+    :data:`BANDS`, and the set's mean over images (``crossmodal eval``'s "mean")."""
     sums = np.zeros(len(BANDS))
+    rough = np.zeros(len(BANDS))
     counts = np.zeros(len(BANDS))
     image_means = []
     dataset = paired_split(dataset_root, "test")
@@ -68,13 +84,16 @@ def band_errors(predictor: NormalPredictor, dataset_root: Path) -> dict:
         err, valid = angular_error(pred, sample["normals"][None], sample["mask"][None])
         err, valid = err[0].numpy(), valid[0].numpy()
         distance = border_distance(sample["mask"].numpy())
+        truth_roughness = roughness(sample["normals"].numpy())
         for b, (_, low, high) in enumerate(BANDS):
             sel = valid & (distance >= low) & (distance <= (high or distance.max()))
             sums[b] += err[sel].sum()
+            rough[b] += truth_roughness[sel].sum()
             counts[b] += sel.sum()
         image_means.append(err[valid].mean())
     return {"images": len(dataset), "mean": float(np.mean(image_means)),
             "bands": {label: {"mean": float(sums[b] / max(counts[b], 1)),
+                              "roughness": float(rough[b] / max(counts[b], 1)),
                               "share": float(counts[b] / counts.sum())}
                       for b, (label, _, _) in enumerate(BANDS)}}
 
@@ -104,15 +123,21 @@ def _prepare(scans: Path, out: Path, size: int) -> Path:
 
 
 def table(results: dict) -> str:
-    sets = list(results["sets"])
-    lines = ["| band | " + " | ".join(f"{s}: mean | share" for s in sets) + " |",
-             "|:--|" + "--:|--:|" * len(sets)]
+    """Markdown: a row per band; each set's error, then the ground truth's roughness of
+    the two sets with their own normals (the flat-texture set shares the real one's)."""
+    sets = results["sets"]
+    errors = list(sets)
+    rough = [s for s in sets if s != "real scan, flat texture"]
+    lines = ["| band | pixels (real) | " + " | ".join(f"error: {s}" for s in errors) + " | "
+             + " | ".join(f"GT roughness: {s}" for s in rough) + " |",
+             "|:--|--:|" + "--:|" * (len(errors) + len(rough))]
     for label, *_ in BANDS:
-        cells = [f"{results['sets'][s]['bands'][label]['mean']:.2f} | "
-                 f"{100 * results['sets'][s]['bands'][label]['share']:.1f}%" for s in sets]
+        cells = ([f"{100 * sets['real scan']['bands'][label]['share']:.1f}%"]
+                 + [f"{sets[s]['bands'][label]['mean']:.2f}" for s in errors]
+                 + [f"{sets[s]['bands'][label]['roughness']:.2f}" for s in rough])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("| all (mean over images) | " + " | ".join(
-        f"**{results['sets'][s]['mean']:.2f}** | 100%" for s in sets) + " |")
+    lines.append("| all (mean over images) | 100% | " + " | ".join(
+        f"**{sets[s]['mean']:.2f}**" for s in errors) + " |" + " |" * len(rough))
     return "\n".join(lines)
 
 
