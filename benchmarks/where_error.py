@@ -33,9 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from crossmodal import io
 from crossmodal.cli import main as cli
+from crossmodal.errors import CrossmodalError
 from crossmodal.evaluate import paired_split
 from crossmodal.inference import NormalPredictor, trained_image_size
 from crossmodal.metrics import angular_error
@@ -69,14 +71,13 @@ def roughness(normals: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def band_errors(predictor: NormalPredictor, dataset_root: Path) -> dict:
+def band_errors(predictor: NormalPredictor, dataset: Dataset) -> dict:
     """Pooled mean error, ground-truth roughness and pixel share per band of
     :data:`BANDS`, and the set's mean over images (``crossmodal eval``'s "mean")."""
     sums = np.zeros(len(BANDS))
     rough = np.zeros(len(BANDS))
     counts = np.zeros(len(BANDS))
     image_means = []
-    dataset = paired_split(dataset_root, "test")
     for i in range(len(dataset)):
         sample = dataset[i]
         with torch.inference_mode():
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path(__file__).parent / "results" / "where_error.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    synthetic = paired_split(args.synthetic, "test")  # fails before anything is rendered
     predictor = NormalPredictor.from_checkpoint(args.checkpoint)
     size = trained_image_size(torch.load(args.checkpoint, map_location="cpu",
                                          weights_only=True))
@@ -163,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         real = _prepare(args.scans, Path(tmp) / "real_scans", size)
         flat_scans = flat_texture_copy(args.scans, Path(tmp) / "flat_scans")
         flat = _prepare(flat_scans, Path(tmp) / "real_scans_flat", size)
-        for name, root in (("synthetic", args.synthetic), ("real scan", real),
-                           ("real scan, flat texture", flat)):
-            log.info("scoring %s (%s)", name, root)
-            results["sets"][name] = band_errors(predictor, root)
+        for name, dataset in (("synthetic", synthetic), ("real scan", paired_split(real, "test")),
+                              ("real scan, flat texture", paired_split(flat, "test"))):
+            log.info("scoring %s", name)
+            results["sets"][name] = band_errors(predictor, dataset)
     text = table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -175,4 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CrossmodalError as err:
+        raise SystemExit(f"where_error.py: {err}") from None
