@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from crossmodal import io
 from crossmodal.cli import main as cli
 from crossmodal.errors import CrossmodalError
+from crossmodal.fileutil import check_output
 from crossmodal.evaluate import paired_split
 from crossmodal.inference import NormalPredictor, trained_image_size
 from crossmodal.metrics import angular_error
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path(__file__).parent / "results" / "where_error.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    inputs = {"the checkpoint": args.checkpoint, "the synthetic dataset": args.synthetic,
+              "the scans": args.scans}
+    check_output(args.out, inputs=inputs, what="--out")
+    check_output(args.out.with_suffix(".md"), inputs={**inputs, "--out": args.out},
+                 what="--out's markdown")
     synthetic = paired_split(args.synthetic, "test")  # fails before anything is rendered
     predictor = NormalPredictor.from_checkpoint(args.checkpoint)
     size = trained_image_size(torch.load(args.checkpoint, map_location="cpu",
