@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from crossmodal import io
+from crossmodal.checkpoint import load_checkpoint
 from crossmodal.cli import main as cli
 from crossmodal.errors import CrossmodalError
 from crossmodal.fileutil import check_output
@@ -160,9 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     check_output(args.out.with_suffix(".md"), inputs={**inputs, "--out": args.out},
                  what="--out's markdown")
     synthetic = paired_split(args.synthetic, "test")  # fails before anything is rendered
-    predictor = NormalPredictor.from_checkpoint(args.checkpoint)
-    size = trained_image_size(torch.load(args.checkpoint, map_location="cpu",
-                                         weights_only=True))
+    checkpoint = load_checkpoint(args.checkpoint)
+    predictor = NormalPredictor.from_checkpoint(checkpoint)
+    size = trained_image_size(checkpoint)
     if size is None:
         raise SystemExit(f"{args.checkpoint} records no training image size; it is not a "
                          f"crossmodal training checkpoint")
